@@ -1,0 +1,54 @@
+"""sweeper: hyperparameter sweeps and ablations over PyTorch training, on Optuna.
+
+Public API: load a study file, run it, train a config through the same loop.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import warnings  # noqa: E402
+
+import optuna  # noqa: E402
+
+# heartbeats, stale-trial retries and fail_stale_trials are "experimental" in Optuna
+# since 2.x; sweeper relies on them deliberately, so the warning is noise to users
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+from .errors import SweepFailed, UserError
+from .export import export_best
+from .report import trials_frame, write_results
+from .run_config import load_training_config, train_config
+from .space import base_config, suggest, trial_config
+from .spec import StudySpec, load_spec, parse_overrides, parse_spec
+from .sweep import Sweep, SweepOutcome, run_sweep
+from .tasks import EvalResult, KeyType, Task, TaskRun, get_task
+from .train import FitResult, fit
+
+__all__ = [
+    "EvalResult",
+    "FitResult",
+    "KeyType",
+    "StudySpec",
+    "Sweep",
+    "SweepFailed",
+    "SweepOutcome",
+    "Task",
+    "TaskRun",
+    "UserError",
+    "__version__",
+    "base_config",
+    "export_best",
+    "fit",
+    "get_task",
+    "load_spec",
+    "load_training_config",
+    "parse_overrides",
+    "parse_spec",
+    "run_sweep",
+    "suggest",
+    "train_config",
+    "trial_config",
+    "trials_frame",
+    "write_results",
+]

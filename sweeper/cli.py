@@ -1,0 +1,85 @@
+"""Command line: parses, calls, prints. Exit codes: 0 done, 1 a run failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from .errors import SweepFailed, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # one line, exit 2, like every other bad input
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="a name under studies/ or a path to a study YAML file")
+    p.add_argument("--storage", help="storage URL (default: the study file's, else sqlite:///results/NAME/study.db)")
+    p.add_argument("--study-name", help="name of the study in the storage (default: the file's `name`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sweeper", description="Hyperparameter sweeps that watch training health.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="create or resume a study and run it to its trial budget")
+    _study_args(run)
+    run.add_argument("--trials", type=int, help="the study's total budget of finished trials")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a fixed parameter or pin a searched one (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    status = sub.add_parser("status", help="trials by state and the best trial")
+    _study_args(status)
+
+    report = sub.add_parser("report", help="rewrite results/NAME/trials.csv and summary.md")
+    _study_args(report)
+
+    export = sub.add_parser("export", help="write results/NAME/best.yaml from the best trial")
+    _study_args(export)
+    export.add_argument("--top", type=int, default=1, help="also write results/NAME/top/K.yaml for the K best")
+
+    train = sub.add_parser("train", help="train an exported config through the same fit()")
+    train.add_argument("config", help="a YAML written by `sweeper export`")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--out", type=Path, help="folder for checkpoints and metrics (default: CONFIG.run/)")
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+    dash = sub.add_parser("dashboard", help="browse the study with optuna-dashboard")
+    _study_args(dash)
+    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--host", default="127.0.0.1")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as e:
+        print(f"sweeper: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except SweepFailed as e:
+        print(f"sweeper: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import commands
+
+    handler = getattr(commands, f"cmd_{args.command}")
+    return int(handler(args, resume_argv=_resume_argv()))
+
+
+def _resume_argv() -> str:
+    return "sweeper " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""One function per subcommand: load and validate input, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+import optuna
+
+from .errors import SweepFailed, UserError
+from .export import best_trials, export_best
+from .report import write_results
+from .run_config import load_training_config, train_config
+from .spec import StudySpec, load_spec, parse_overrides
+from .storage import check_storage, open_storage
+from .sweep import Sweep, results_dir, state_counts
+
+
+def _load(args: argparse.Namespace) -> tuple[StudySpec, str, str]:
+    spec = load_spec(args.study)
+    storage = args.storage or spec.default_storage()
+    check_storage(storage)
+    return spec, storage, args.study_name or spec.name
+
+
+def _existing(spec: StudySpec, storage: str, name: str) -> optuna.Study:
+    store = open_storage(storage, spec.heartbeat, create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        raise UserError(f"no study named {name!r} in {storage}; run `sweeper run {spec.path}` first") from None
+
+
+def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
+    spec, storage, name = _load(args)
+    overrides = parse_overrides(spec, args.overrides)
+    sweep = Sweep(spec, overrides=overrides, storage=storage, study_name=name, trials=args.trials,
+                  progress=False if args.no_progress else None)
+    outcome = sweep.run()
+    folder = results_dir(spec, name)
+    write_results(outcome.study, spec, folder)
+    if best_trials(outcome.study, spec.direction):
+        export_best(spec, outcome.study, folder, storage)
+    print(_status_line(outcome.study, spec, sweep.budget) + f"; results in {folder}/")
+    if outcome.interrupted:
+        print(f"interrupted: finished trials are kept; resume with: {resume_argv}", file=sys.stderr)
+        return 130
+    if outcome.stopped:
+        raise SweepFailed(f"sweep stopped: {outcome.stopped}; see the trial lines above and {folder}/trials.csv")
+    return 0
+
+
+def _status_line(study: optuna.Study, spec: StudySpec, budget: int) -> str:
+    counts = state_counts(study)
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    by_state = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    line = f"study {study.study_name}: {finished}/{budget} finished ({by_state or 'no trials'})"
+    best = best_trials(study, spec.direction)
+    if best:
+        line += f"; best {spec.metric}={best[0].value:.4f} (trial {best[0].number})"
+    return line
+
+
+def cmd_status(args: argparse.Namespace, *, resume_argv: str) -> int:
+    spec, storage, name = _load(args)
+    print(_status_line(_existing(spec, storage, name), spec, spec.budget.trials))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, *, resume_argv: str) -> int:
+    spec, storage, name = _load(args)
+    study = _existing(spec, storage, name)
+    paths = write_results(study, spec, results_dir(spec, name))
+    if not best_trials(study, spec.direction):
+        print(f"study {name} has no completed trial yet: the tables are empty", file=sys.stderr)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, *, resume_argv: str) -> int:
+    spec, storage, name = _load(args)
+    if args.top < 1:
+        raise UserError(f"--top must be an integer >= 1, got {args.top}")
+    study = _existing(spec, storage, name)
+    paths = export_best(spec, study, results_dir(spec, name), storage, top=args.top)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, *, resume_argv: str) -> int:
+    tc = load_training_config(args.config, args.overrides)
+    try:
+        train_config(tc, out_dir=args.out, device=args.device)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last checkpoint is kept; resume with: {resume_argv}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, *, resume_argv: str) -> int:
+    spec, storage, name = _load(args)
+    _existing(spec, storage, name)
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise UserError("optuna-dashboard is not installed: pip install 'sweeper[dashboard]'") from None
+    print(f"optuna-dashboard on http://{args.host}:{args.port} (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt):
+        run_server(open_storage(storage, spec.heartbeat, create=False), host=args.host, port=args.port)
+    return 0
+
+

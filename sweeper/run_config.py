@@ -1,0 +1,109 @@
+"""``sweeper train CONFIG.yaml``: an exported config through the same ``fit()``."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from .errors import UserError
+from .spec import _Loader, _show, parse_scalar
+from .tasks import TASKS, get_task
+from .tasks.base import EvalResult
+from .train import FitResult, fit
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """A validated training config file."""
+
+    path: Path
+    task: str
+    config: dict[str, Any]
+
+
+def load_training_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:
+    """Read an exported config; every key is checked against the task's types."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist")
+    try:
+        doc = yaml.load(p.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or "task" not in doc or not isinstance(doc.get("config"), dict):
+        raise UserError(f"{p}: a training config needs `task` and a `config` mapping "
+                        "(as written by `sweeper export`)")
+    task_name = doc["task"]
+    if task_name not in TASKS:
+        raise UserError(f"{p}: `task` must be one of {', '.join(sorted(TASKS))}, got {task_name!r}")
+    task = get_task(task_name)
+    types = task.key_types
+    config = dict(task.defaults)
+    for key, value in doc["config"].items():
+        if key not in types:
+            raise UserError(f"{p}: unknown key `config.{key}` for task {task_name}; known: {', '.join(sorted(types))}")
+        if not types[key].accepts(value):
+            raise UserError(f"{p}: `config.{key}` must be {types[key].describe()}, got {_show(value)}")
+        config[key] = value
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or key not in types:
+            raise UserError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(types))}")
+        value = parse_scalar(text)
+        if not types[key].accepts(value):
+            raise UserError(f"--set {item}: {key} must be {types[key].describe()}")
+        config[key] = value
+    return TrainingConfig(path=p, task=task_name, config=config)
+
+
+class CSVReporter:
+    """Appends each epoch's metrics to a CSV file and prints one line per epoch."""
+
+    def __init__(self, path: Path, out: TextIO) -> None:
+        self.path = path
+        self.out = out
+
+    def report(self, epoch: int, result: EvalResult) -> None:
+        row = {"epoch": epoch, **result.metrics}
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+        print(f"epoch {epoch:>3} {shown}", file=self.out, flush=True)
+
+
+def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO = sys.stdout,
+                 device: str = "auto") -> FitResult:
+    """Train ``tc`` with checkpoints and a metrics CSV in ``out_dir`` (default: beside the
+    config, ``<stem>.run/``); a second call resumes from the last checkpoint."""
+    folder = out_dir or tc.path.with_suffix(".run")
+    folder.mkdir(parents=True, exist_ok=True)
+    _check_same_config(folder, tc.config)
+    task = get_task(tc.task)
+    result = fit(tc.config, task, CSVReporter(folder / "metrics.csv", out), checkpoint_dir=folder, device=device)
+    print(f"done: best {task.metric}={result.best:.4f} at epoch {result.best_epoch}, "
+          f"last {task.metric}={result.last:.4f}; checkpoints in {folder}", file=out)
+    return result
+
+
+def _check_same_config(folder: Path, config: Mapping[str, Any]) -> None:
+    """Resuming a checkpoint of another config would silently mix two runs."""
+    last = folder / "last.pt"
+    if not last.exists():
+        return
+    import torch
+
+    saved = torch.load(last, map_location="cpu", weights_only=False)["config"]
+    if saved != dict(config):
+        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise UserError(f"{folder} holds a run of another config (differs in {', '.join(diff)}); "
+                        "pass --out to train into a new folder")

@@ -1,0 +1,507 @@
+"""Study files (``studies/*.yaml``) -> validated, frozen ``StudySpec``.
+
+Every error names the file, the key, the value and what is allowed, and is
+raised before anything is written (``UserError``, exit code 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .tasks import TASKS, get_task
+from .tasks.base import KeyType, _show
+
+STUDIES_DIR = Path("studies")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse a ``--set`` value the way the YAML files are read (``3e-4`` -> float, ``null`` -> None)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+# ---------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class FloatParam:
+    """A float searched in [low, high], log-uniform with ``log``, on a grid with ``step``."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    kind: str = "float"
+
+
+@dataclass(frozen=True)
+class IntParam:
+    """An integer searched in [low, high]."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+    kind: str = "int"
+
+
+@dataclass(frozen=True)
+class CategoricalParam:
+    """One of ``choices`` (``None`` is allowed as a choice, e.g. clipping off)."""
+
+    choices: tuple[Any, ...]
+    kind: str = "categorical"
+
+
+ParamSpec = FloatParam | IntParam | CategoricalParam
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Trials are the study's total, counted in finished (complete or pruned) trials."""
+
+    trials: int
+    epochs: int | None = None
+    timeout: float | None = None
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    type: str = "tpe"
+    seed: int | None = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    type: str = "median"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeartbeatSpec:
+    """How a dead worker's trial is found: no heartbeat for ``grace`` seconds."""
+
+    interval: int = 5
+    grace: int = 20
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study file."""
+
+    name: str
+    task: str
+    metric: str
+    direction: str
+    budget: Budget
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    heartbeat: HeartbeatSpec
+    storage: str | None
+    fixed: Mapping[str, Any]
+    params: Mapping[str, ParamSpec]
+    path: Path
+    description: str = ""
+
+    def key_types(self) -> Mapping[str, KeyType]:
+        return get_task(self.task).key_types
+
+    def default_storage(self) -> str:
+        return self.storage or f"sqlite:///results/{self.name}/study.db"
+
+
+# ---------------------------------------------------------------- options per sampler / pruner
+
+# option -> (kind, check, allowed text); kind in {"int", "float", "bool", "str", "int|auto"}
+_NONNEG_INT = ("int", lambda v: v >= 0, "an integer >= 0")
+_POS_INT = ("int", lambda v: v >= 1, "an integer >= 1")
+_BOOL = ("bool", lambda v: True, "true or false")
+
+SAMPLER_OPTIONS: dict[str, dict[str, tuple[str, Any, str]]] = {
+    "tpe": {"n_startup_trials": _NONNEG_INT, "n_ei_candidates": _POS_INT, "multivariate": _BOOL,
+            "constant_liar": _BOOL, "group": _BOOL},
+    "random": {},
+    "cmaes": {"n_startup_trials": _NONNEG_INT, "restart_strategy": ("str", lambda v: v in ("ipop", "bipop"),
+                                                                    "ipop or bipop")},
+    "qmc": {"qmc_type": ("str", lambda v: v in ("sobol", "halton"), "sobol or halton"), "scramble": _BOOL},
+    "gp": {"n_startup_trials": _NONNEG_INT},
+}
+
+_PRUNER_COMMON = {"n_startup_trials": _NONNEG_INT, "n_warmup_steps": _NONNEG_INT, "interval_steps": _POS_INT}
+PRUNER_OPTIONS: dict[str, dict[str, tuple[str, Any, str]]] = {
+    "median": dict(_PRUNER_COMMON),
+    "percentile": {**_PRUNER_COMMON,
+                   "percentile": ("float", lambda v: 0 <= v <= 100, "a number from 0 to 100")},
+    "hyperband": {"min_resource": _POS_INT,
+                  "max_resource": ("int|auto", lambda v: v == "auto" or v >= 1, "an integer >= 1 or auto"),
+                  "reduction_factor": ("int", lambda v: v >= 2, "an integer >= 2")},
+    "successive_halving": {"min_resource": ("int|auto", lambda v: v == "auto" or v >= 1,
+                                            "an integer >= 1 or auto"),
+                           "reduction_factor": ("int", lambda v: v >= 2, "an integer >= 2"),
+                           "min_early_stopping_rate": _NONNEG_INT},
+    "threshold": {"lower": ("float", lambda v: True, "a number"), "upper": ("float", lambda v: True, "a number"),
+                  "n_warmup_steps": _NONNEG_INT, "interval_steps": _POS_INT},
+    "none": {},
+}
+REQUIRED_PRUNER_OPTIONS = {"percentile": ("percentile",)}
+
+TOP_KEYS = ("name", "description", "task", "metric", "direction", "budget", "sampler", "pruner",
+            "heartbeat", "storage", "fixed", "params")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def resolve_study_path(study: str, studies_dir: Path = STUDIES_DIR) -> Path:
+    """A study name under ``studies/`` or a path to a YAML file."""
+    path = Path(study)
+    if path.suffix in (".yaml", ".yml") or "/" in study:
+        if not path.is_file():
+            raise UserError(f"study file {study} does not exist")
+        return path
+    candidate = studies_dir / f"{study}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in studies_dir.glob("*.yaml")) if studies_dir.is_dir() else []
+    hint = _did_you_mean(study, known)
+    listing = f"; available: {', '.join(known)}" if known else f"; no study files in {studies_dir}/"
+    raise UserError(f"unknown study {study!r}: no {candidate}{hint}{listing}")
+
+
+def load_spec(study: str, studies_dir: Path = STUDIES_DIR) -> StudySpec:
+    """Read and validate a study file by name or path."""
+    path = resolve_study_path(study, studies_dir)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise UserError(f"{path}: YAML syntax error at {where}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: YAML error: {e}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_spec(raw, path)
+
+
+def parse_spec(raw: Any, path: Path) -> StudySpec:
+    """Validate an already-parsed YAML document."""
+    v = _Validator(path)
+    doc = v.mapping(raw, "")
+    v.known_keys(doc, TOP_KEYS, "")
+    name = v.require(doc, "name", "")
+    if not isinstance(name, str) or not _NAME.match(name):
+        v.fail("name", name, "a name of letters, digits, '_', '.' and '-'")
+
+    task_name = v.require(doc, "task", "")
+    if not isinstance(task_name, str) or task_name not in TASKS:
+        v.fail("task", task_name, f"one of {', '.join(sorted(TASKS))}", hint=_did_you_mean(str(task_name), TASKS))
+    task = get_task(task_name)
+
+    metric = doc.get("metric", task.metric)
+    if metric != task.metric:
+        v.fail("metric", metric, f"{task.metric} (the metric task {task_name} reports)")
+    direction = doc.get("direction", task.direction)
+    if direction not in ("minimize", "maximize"):
+        v.fail("direction", direction, "minimize or maximize")
+
+    budget = _parse_budget(v, doc.get("budget"))
+    sampler = _parse_sampler(v, doc.get("sampler", {}))
+    pruner = _parse_pruner(v, doc.get("pruner", {}))
+    heartbeat = _parse_heartbeat(v, doc.get("heartbeat", {}))
+
+    storage = doc.get("storage")
+    if storage is not None:
+        check_storage_url(storage, where=f"{path}: `storage`")
+
+    types = task.key_types
+    fixed_raw = v.mapping(doc.get("fixed", {}), "fixed")
+    fixed: dict[str, Any] = {}
+    for key, value in fixed_raw.items():
+        v.known_keys({key: value}, types, "fixed.", noun="parameter of task " + task_name)
+        if not types[key].accepts(value):
+            v.fail(f"fixed.{key}", value, types[key].describe())
+        fixed[key] = value
+
+    params_raw = v.mapping(doc.get("params", {}), "params")
+    params: dict[str, ParamSpec] = {}
+    for key, pdoc in params_raw.items():
+        v.known_keys({key: pdoc}, types, "params.", noun="parameter of task " + task_name)
+        if key in fixed:
+            v.fail(f"params.{key}", "(searched)", f"a key that is not also under `fixed` (fixed.{key} is set)")
+        params[key] = _parse_param(v, key, pdoc, types[key])
+    if budget.epochs is not None and "epochs" in params:
+        v.fail("params.epochs", "(searched)", "not searched while `budget.epochs` is set")
+
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        v.fail("description", description, "a string")
+    return StudySpec(
+        name=name, task=task_name, metric=metric, direction=direction, budget=budget, sampler=sampler,
+        pruner=pruner, heartbeat=heartbeat, storage=storage, fixed=fixed, params=params, path=path,
+        description=description,
+    )
+
+
+def check_storage_url(url: Any, *, where: str) -> str:
+    """Reject storage URLs whose scheme sweeper cannot open, before anything connects."""
+    if not isinstance(url, str) or "://" not in url:
+        raise UserError(f"{where} must be a storage URL such as sqlite:///results/x/study.db "
+                        f"or postgresql://host/db, got {url!r}")
+    scheme = url.split("://", 1)[0]
+    if not (scheme == "sqlite" or scheme.startswith(("postgresql", "mysql")) or scheme == "journal"):
+        raise UserError(f"{where}: unknown storage scheme {scheme!r} in {url!r}; "
+                        "allowed: sqlite, postgresql, mysql, journal (journal:///path/to/file.log)")
+    return url
+
+
+def _parse_budget(v: _Validator, raw: Any) -> Budget:
+    doc = v.mapping(v.present(raw, "budget"), "budget")
+    v.known_keys(doc, ("trials", "epochs", "timeout", "retries"), "budget.")
+    trials = v.require(doc, "trials", "budget.")
+    v.integer(trials, "budget.trials", minimum=1)
+    epochs = doc.get("epochs")
+    if epochs is not None:
+        v.integer(epochs, "budget.epochs", minimum=1)
+    timeout = doc.get("timeout")
+    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+        v.fail("budget.timeout", timeout, "a number of seconds > 0, or null")
+    retries = doc.get("retries", 2)
+    v.integer(retries, "budget.retries", minimum=0)
+    return Budget(trials=trials, epochs=epochs, timeout=None if timeout is None else float(timeout), retries=retries)
+
+
+def _parse_sampler(v: _Validator, raw: Any) -> SamplerSpec:
+    doc = v.mapping(raw, "sampler")
+    kind = doc.get("type", "tpe")
+    if kind not in SAMPLER_OPTIONS:
+        v.fail("sampler.type", kind, ", ".join(SAMPLER_OPTIONS), hint=_did_you_mean(str(kind), SAMPLER_OPTIONS))
+    allowed = SAMPLER_OPTIONS[kind]
+    v.known_keys(doc, ("type", "seed", *allowed), "sampler.", noun=f"option of the {kind} sampler")
+    seed = doc.get("seed", 0)
+    if seed is not None:
+        v.integer(seed, "sampler.seed", minimum=0)
+    options = v.options(doc, allowed, "sampler.")
+    return SamplerSpec(type=kind, seed=seed, options=options)
+
+
+def _parse_pruner(v: _Validator, raw: Any) -> PrunerSpec:
+    doc = v.mapping(raw, "pruner")
+    kind = doc.get("type", "median")
+    if kind not in PRUNER_OPTIONS:
+        v.fail("pruner.type", kind, ", ".join(PRUNER_OPTIONS), hint=_did_you_mean(str(kind), PRUNER_OPTIONS))
+    allowed = PRUNER_OPTIONS[kind]
+    v.known_keys(doc, ("type", *allowed), "pruner.", noun=f"option of the {kind} pruner")
+    for key in REQUIRED_PRUNER_OPTIONS.get(kind, ()):
+        v.require(doc, key, "pruner.")
+    options = v.options(doc, allowed, "pruner.")
+    if kind == "threshold":
+        if "lower" not in options and "upper" not in options:
+            v.fail("pruner", "(no bound)", "`lower` or `upper` for the threshold pruner")
+        if "lower" in options and "upper" in options and options["lower"] > options["upper"]:
+            v.fail("pruner.lower", options["lower"], f"<= pruner.upper ({options['upper']})")
+    return PrunerSpec(type=kind, options=options)
+
+
+def _parse_heartbeat(v: _Validator, raw: Any) -> HeartbeatSpec:
+    doc = v.mapping(raw, "heartbeat")
+    v.known_keys(doc, ("interval", "grace"), "heartbeat.")
+    interval = doc.get("interval", 5)
+    v.integer(interval, "heartbeat.interval", minimum=1)
+    grace = doc.get("grace", 4 * interval)
+    v.integer(grace, "heartbeat.grace", minimum=1)
+    if grace <= interval:
+        v.fail("heartbeat.grace", grace, f"an integer > heartbeat.interval ({interval})")
+    return HeartbeatSpec(interval=interval, grace=grace)
+
+
+def _parse_param(v: _Validator, key: str, raw: Any, ktype: KeyType) -> ParamSpec:
+    where = f"params.{key}"
+    doc = v.mapping(raw, where)
+    if "choices" in doc and "type" not in doc:
+        doc = {"type": "categorical", **doc}
+    kind = v.require(doc, "type", f"{where}.")
+    if kind not in ("float", "int", "categorical"):
+        v.fail(f"{where}.type", kind, "float, int or categorical")
+    if kind == "categorical":
+        v.known_keys(doc, ("type", "choices"), f"{where}.")
+        choices = v.require(doc, "choices", f"{where}.")
+        if not isinstance(choices, list) or not choices:
+            v.fail(f"{where}.choices", choices, "a non-empty list")
+        for c in choices:
+            if c is not None and not isinstance(c, bool | int | float | str):
+                v.fail(f"{where}.choices", c, "null, booleans, numbers or strings")
+            if not ktype.accepts(c):
+                v.fail(f"{where}.choices", c, f"values {key} accepts: {ktype.describe()}")
+        if len({(type(c), c) for c in choices}) != len(choices):
+            v.fail(f"{where}.choices", choices, "a list without duplicates")
+        return CategoricalParam(choices=tuple(choices))
+
+    v.known_keys(doc, ("type", "low", "high", "log", "step"), f"{where}.")
+    if ktype.kind not in ("float", "int") or ktype.choices is not None:
+        v.fail(f"{where}.type", kind, f"categorical ({key} accepts {ktype.describe()})")
+    if kind == "float" and ktype.kind == "int":
+        v.fail(f"{where}.type", kind, f"int ({key} is an integer)")
+    low, high = v.require(doc, "low", f"{where}."), v.require(doc, "high", f"{where}.")
+    log = doc.get("log", False)
+    if not isinstance(log, bool):
+        v.fail(f"{where}.log", log, "true or false")
+    for bound, value in (("low", low), ("high", high)):
+        if kind == "int":
+            v.integer(value, f"{where}.{bound}")
+        elif not _is_number(value) or not math.isfinite(value):
+            v.fail(f"{where}.{bound}", value, "a finite number")
+    if low > high:
+        raise UserError(f"{v.path}: `{where}.low` must be <= `{where}.high`, got low={low}, high={high}")
+    if log and low <= 0:
+        raise UserError(f"{v.path}: `{where}.low` must be > 0 when `log: true`, got {low}")
+    step = doc.get("step")
+    if step is not None:
+        if log:
+            v.fail(f"{where}.step", step, "null when `log: true` (Optuna cannot combine step and log)")
+        if kind == "int":
+            v.integer(step, f"{where}.step", minimum=1)
+        elif not _is_number(step) or step <= 0:
+            v.fail(f"{where}.step", step, "a number > 0")
+    if kind == "int":
+        return IntParam(low=low, high=high, log=log, step=1 if step is None else step)
+    return FloatParam(low=float(low), high=float(high), log=log, step=None if step is None else float(step))
+
+
+# ---------------------------------------------------------------- --set overrides
+
+
+def parse_overrides(spec: StudySpec, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> a dict, each checked against the study and the task's types.
+
+    A key may be a fixed parameter, a searched one (pinning it) or any other
+    key the task reads (``epochs``, ``seed``, ...).
+    """
+    types = spec.key_types()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        if key not in types:
+            hint = _did_you_mean(key, types)
+            raise UserError(f"--set {key}: unknown key for task {spec.task}{hint}; "
+                            f"known: {', '.join(sorted(types))}")
+        value = parse_scalar(text)
+        param = spec.params.get(key)
+        if isinstance(param, CategoricalParam) and not any(
+            type(value) is type(c) and value == c for c in param.choices
+        ):
+            allowed = ", ".join(_show(c) for c in param.choices)
+            raise UserError(f"--set {key}={text}: {key} is searched over [{allowed}] in {spec.path}; "
+                            f"pin it to one of those")
+        if not types[key].accepts(value):
+            raise UserError(f"--set {key}={text}: {key} must be {types[key].describe()}")
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _did_you_mean(word: str, known: Any) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Validator:
+    """Raises ``UserError`` messages that name the file, key, value and what is allowed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, value: Any, allowed: str, *, hint: str = "") -> None:
+        shown = _show(value) if not isinstance(value, str) or value.startswith("(") else repr(value)
+        raise UserError(f"{self.path}: `{key}` must be {allowed}, got {shown}{hint}")
+
+    def mapping(self, raw: Any, key: str) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            where = f"`{key}`" if key else "the document"
+            raise UserError(f"{self.path}: {where} must be a mapping of keys to values, "
+                            f"got {type(raw).__name__} {raw!r}")
+        return raw
+
+    def present(self, raw: Any, key: str) -> Any:
+        if raw is None:
+            raise UserError(f"{self.path}: missing required key `{key}`")
+        return raw
+
+    def require(self, doc: Mapping[str, Any], key: str, prefix: str) -> Any:
+        if key not in doc or doc[key] is None:
+            raise UserError(f"{self.path}: missing required key `{prefix}{key}`")
+        return doc[key]
+
+    def known_keys(self, doc: Mapping[str, Any], allowed: Any, prefix: str, *, noun: str = "key") -> None:
+        for key in doc:
+            if key not in allowed:
+                hint = _did_you_mean(str(key), allowed)
+                raise UserError(f"{self.path}: unknown {noun} `{prefix}{key}`{hint}; "
+                                f"allowed: {', '.join(sorted(map(str, allowed)))}")
+
+    def integer(self, value: Any, key: str, *, minimum: int | None = None) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+            self.fail(key, value, "an integer" if minimum is None else f"an integer >= {minimum}")
+
+    def options(self, doc: Mapping[str, Any], allowed: Mapping[str, tuple[str, Any, str]],
+                prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, (kind, check, text) in allowed.items():
+            if key not in doc:
+                continue
+            value = doc[key]
+            ok_type = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": _is_number(value),
+                "bool": isinstance(value, bool),
+                "str": isinstance(value, str),
+                "int|auto": value == "auto" or (isinstance(value, int) and not isinstance(value, bool)),
+            }[kind]
+            if not ok_type or not check(value):
+                self.fail(f"{prefix}{key}", value, text)
+            out[key] = value
+        return out

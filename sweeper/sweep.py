@@ -1,0 +1,325 @@
+"""Create or resume an Optuna study and run trials until the budget is met."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import SweepFailed, UserError
+from .space import trial_config
+from .spec import StudySpec
+from .storage import check_writable, open_storage, sqlite_path
+from .tasks import get_task
+from .tasks.base import EvalResult
+from .train import fit
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+INHERITED_ATTRS = ("error", "health.reason", "health.detail", "health.step", "epochs_run")
+FAILURE_LIMIT_MIN_TRIALS = 5  # the failure-rate stop looks at no fewer trials than this
+
+
+def results_dir(spec: StudySpec, study_name: str | None = None) -> Path:
+    return Path("results") / (study_name or spec.name)
+
+
+def make_sampler(spec: StudySpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; the seed is offset by the trials already in the study so a
+    resumed study does not replay the proposals of its first invocation."""
+    s = spec.sampler
+    seed = None if s.seed is None else s.seed + seed_offset
+    opts = dict(s.options)
+    if s.type == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **opts)
+    if s.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.type == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, **opts)
+    if s.type == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, **opts)
+    if s.type == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **opts)
+    raise UserError(f"unknown sampler {s.type!r}")  # pragma: no cover - spec rejects it first
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p, opts = spec.pruner, dict(spec.pruner.options)
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(**opts)
+    if p.type == "percentile":
+        return optuna.pruners.PercentilePruner(**opts)
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(**opts)
+    if p.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**opts)
+    if p.type == "threshold":
+        return optuna.pruners.ThresholdPruner(**opts)
+    return optuna.pruners.NopPruner()
+
+
+class TrialReporter:
+    """Reports each epoch's metric to the trial and prunes when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, pruner_name: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.pruner_name = pruner_name
+        self.epochs = 0
+
+    def report(self, epoch: int, result: EvalResult) -> None:
+        if self.metric not in result.metrics:
+            raise KeyError(f"metric {self.metric!r} not reported; the task reports: {', '.join(result.metrics)}")
+        value = result.metrics[self.metric]
+        self.epochs = epoch + 1
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            detail = (f"the {self.pruner_name} pruner stopped it after epoch {epoch} "
+                      f"at {self.metric}={value:.4g}")
+            self.trial.set_user_attr("health.reason", "underperforming")
+            self.trial.set_user_attr("health.detail", detail)
+            self.trial.set_user_attr("health.step", epoch)
+            self.trial.set_user_attr("epochs_run", self.epochs)
+            raise optuna.TrialPruned(f"underperforming: {detail}")
+
+
+@dataclass
+class SweepOutcome:
+    """What one invocation did, and the state of the study afterwards."""
+
+    study: optuna.Study
+    ran: int = 0
+    interrupted: bool = False
+    stopped: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def trial_line(t: FrozenTrial, spec: StudySpec) -> str:
+    """One progress line: number, state, metric, key params, pruning reason, seconds."""
+    value = "-" if t.value is None else f"{t.value:.4f}"
+    params = " ".join(f"{k}={_fmt(t.user_attrs.get('config', t.params).get(k))}" for k in spec.params)
+    seconds = trial_seconds(t) or 0.0
+    line = f"trial {t.number:>4} {t.state.name:<8} {spec.metric}={value:<7} {params}  {seconds:5.1f}s"
+    reason = t.user_attrs.get("health.reason")
+    if reason:
+        line += f"  [{reason}: {t.user_attrs.get('health.detail', '')}]"
+    if t.state == TrialState.FAIL and "error" in t.user_attrs:
+        line += f"  [error: {t.user_attrs['error']}]"
+    return line
+
+
+def trial_seconds(t: FrozenTrial) -> float | None:
+    if t.datetime_complete is None or t.datetime_start is None:
+        return None
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "off"
+    if isinstance(v, float):
+        return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.1e}"
+    return str(v)
+
+
+class Sweep:
+    """One worker's run over a study: create or load, loop until the budget is met."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        storage: str | None = None,
+        study_name: str | None = None,
+        trials: int | None = None,
+        out: TextIO = sys.stdout,
+        progress: bool | None = None,
+        resume_command: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.overrides = dict(overrides or {})
+        self.storage_url = storage or spec.default_storage()
+        self.study_name = study_name or spec.name
+        self.budget = trials if trials is not None else spec.budget.trials
+        if self.budget < 1:
+            raise UserError(f"--trials must be an integer >= 1, got {self.budget}")
+        self.task = get_task(spec.task)
+        self.out = out
+        self.progress = progress
+        self.resume_command = resume_command
+        self.results = results_dir(spec, study_name)
+        self._current_trial_id: int | None = None
+
+    # -- setup
+
+    def check(self) -> None:
+        """Everything that can be refused is refused here, before anything is written."""
+        check_writable(self.results, what="results folder")
+        db = sqlite_path(self.storage_url)
+        if db is not None:
+            check_writable(db, what="storage file")
+
+    def open(self) -> optuna.Study:
+        self.check()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(self.storage_url, self.spec.heartbeat, retries=self.spec.budget.retries)
+        existing = _existing_study(storage, self.study_name)
+        if existing is not None and existing.direction.name.lower() != self.spec.direction:
+            was = existing.direction.name.lower()
+            raise UserError(f"study {self.study_name!r} in {self.storage_url} was created to {was} "
+                            f"its metric; {self.spec.path} says {self.spec.direction}")
+        n_before = 0 if existing is None else len(existing.get_trials(deepcopy=False))
+        study = optuna.create_study(
+            storage=storage, study_name=self.study_name, direction=self.spec.direction,
+            sampler=make_sampler(self.spec, seed_offset=n_before), pruner=make_pruner(self.spec),
+            load_if_exists=True,
+        )
+        if existing is None:
+            study.set_user_attr("sweeper.task", self.spec.task)
+            study.set_user_attr("sweeper.metric", self.spec.metric)
+            study.set_user_attr("sweeper.spec", str(self.spec.path))
+        self.results.mkdir(parents=True, exist_ok=True)
+        return study
+
+    # -- the trial
+
+    def objective(self, trial: optuna.Trial) -> float:
+        self._current_trial_id = trial._trial_id
+        for key in INHERITED_ATTRS:  # a retry copies the failed trial's attributes: start clean
+            if trial.user_attrs.get(key) is not None:
+                trial.set_user_attr(key, None)
+        config = trial_config(self.spec, trial, self.overrides)
+        trial.set_user_attr("config", config)
+        reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type)
+        try:
+            result = fit(config, self.task, reporter)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted")
+            raise
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            trial.set_user_attr("epochs_run", reporter.epochs)
+            raise
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        if math.isnan(result.best):
+            raise ValueError(f"the run ended with {self.spec.metric}=nan")
+        return result.best
+
+    # -- the loop
+
+    def run(self) -> SweepOutcome:
+        study = self.open()
+        outcome = SweepOutcome(study=study)
+        bar = _progress_bar(self.budget, len(study.get_trials(deepcopy=False, states=FINISHED)), self.progress)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=self.spec.budget.retries)
+        started = time.monotonic()
+        failures = 0
+
+        def on_trial(study: optuna.Study, t: FrozenTrial) -> None:
+            nonlocal failures
+            outcome.ran += 1
+            failures += t.state == TrialState.FAIL
+            if t.state in FINISHED:
+                bar.update(1)
+            bar.write(trial_line(t, self.spec), file=self.out)
+
+        previous = signal.getsignal(signal.SIGTERM)
+        if _is_main_thread():
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while True:
+                if self.spec.budget.timeout is not None and time.monotonic() - started >= self.spec.budget.timeout:
+                    outcome.stopped = f"timeout of {self.spec.budget.timeout:g}s reached"
+                    break
+                if outcome.ran >= FAILURE_LIMIT_MIN_TRIALS and failures * 2 > outcome.ran:
+                    outcome.stopped = f"{failures} of {outcome.ran} trials failed"
+                    break
+                optuna.storages.fail_stale_trials(study)
+                finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+                if finished >= self.budget:
+                    break
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if finished + running >= self.budget:
+                    # the rest of the budget is in flight: wait for those trials to finish,
+                    # or for their heartbeat to go stale (then they are failed and retried)
+                    time.sleep(self.spec.heartbeat.interval)
+                    continue
+                study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[on_trial])
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+            self._requeue_interrupted(study, retry)
+        finally:
+            bar.close()
+            if _is_main_thread():
+                signal.signal(signal.SIGTERM, previous)
+        outcome.counts = state_counts(study)
+        if outcome.interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return outcome
+
+
+    def _requeue_interrupted(self, study: optuna.Study,
+                             retry: Callable[[optuna.Study, FrozenTrial], None]) -> None:
+        """Fail the trial an interrupt cut short (if Optuna has not) and queue its retry."""
+        if self._current_trial_id is None:
+            return
+        storage = study._storage
+        t = storage.get_trial(self._current_trial_id)
+        if t.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(t._trial_id, "error", "interrupted")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            t = storage.get_trial(t._trial_id)
+        if t.state == TrialState.FAIL and t.user_attrs.get("error") == "interrupted":
+            retry(study, t)
+
+
+def _existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _progress_bar(total: int, initial: int, enabled: bool | None) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=min(initial, total), unit="trial", desc="trials",
+                disable=None if enabled is None else not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def run_sweep(spec: StudySpec, **kwargs: Any) -> SweepOutcome:
+    """Run ``spec`` to its trial budget (see ``Sweep`` for the keyword arguments)."""
+    return Sweep(spec, **kwargs).run()
+
+
+__all__ = ["Sweep", "SweepFailed", "SweepOutcome", "TrialReporter", "make_pruner", "make_sampler", "run_sweep"]

@@ -1,0 +1,113 @@
+"""The task interface: data, model, loss and metric for the one training loop."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class KeyType:
+    """What a config key accepts: ``kind`` is float, int, str or bool.
+
+    ``nullable`` keys accept ``null``; ``choices`` (if set) lists every value allowed.
+    """
+
+    kind: str
+    nullable: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            allowed = ", ".join(_show(c) for c in self.choices)
+        else:
+            allowed = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false"}[self.kind]
+        return f"{allowed} or null" if self.nullable else allowed
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if self.choices is not None:
+            return any(type(value) is type(c) and value == c for c in self.choices) or (
+                self.kind == "float" and isinstance(value, int | float) and not isinstance(value, bool)
+                and float(value) in self.choices
+            )
+        if self.kind == "float":
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        if self.kind == "int":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        return isinstance(value, str)
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation pass produced.
+
+    ``metrics`` holds plain floats (the task's metric and ``loss`` at least);
+    ``outputs`` carries tensors the health monitor may inspect (predictions,
+    targets, sequence outputs and lengths), keyed by name.
+    """
+
+    metrics: dict[str, float]
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class TaskRun(ABC):
+    """A task instantiated for one config: the model plus its data."""
+
+    model: nn.Module
+
+    @abstractmethod
+    def train_batches(self, epoch: int) -> Iterator[Any]:
+        """Yield the training batches of one epoch (already on the device)."""
+
+    @property
+    @abstractmethod
+    def steps_per_epoch(self) -> int:
+        """Number of batches ``train_batches`` yields."""
+
+    @abstractmethod
+    def loss(self, batch: Any) -> torch.Tensor:
+        """Forward ``batch`` through the model and return the scalar training loss."""
+
+    @abstractmethod
+    def evaluate(self) -> EvalResult:
+        """Evaluate the model on the validation split (called under ``no_grad``)."""
+
+
+class Task(ABC):
+    """A built-in training problem.
+
+    Subclasses name their metric and its direction, and the config keys they
+    read with their defaults and types.
+    """
+
+    name: str
+    metric: str
+    direction: str  # "minimize" or "maximize"
+    chance_metric: float | None = None
+
+    @property
+    @abstractmethod
+    def defaults(self) -> Mapping[str, Any]:
+        """Every config key the task reads, with its default value."""
+
+    @property
+    @abstractmethod
+    def key_types(self) -> Mapping[str, KeyType]:
+        """The type of every key in ``defaults`` (checked by the spec and ``--set``)."""
+
+    @abstractmethod
+    def setup(self, config: Mapping[str, Any], device: torch.device) -> TaskRun:
+        """Build data and model for ``config`` on ``device``."""

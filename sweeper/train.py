@@ -1,0 +1,189 @@
+"""``fit()``: the one training loop behind sweep trials, ablations and exported runs."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .tasks.base import EvalResult, Task
+
+
+class Reporter(Protocol):
+    """Receives each epoch's evaluation; may raise ``optuna.TrialPruned`` to stop the run."""
+
+    def report(self, epoch: int, result: EvalResult) -> None: ...
+
+
+class Monitor(Protocol):
+    """Hooks the health monitor implements (see ``sweeper.health``)."""
+
+    def after_backward(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None: ...
+
+    def after_eval(self, epoch: int, result: EvalResult) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """Outcome of ``fit()``: best and last metric, per-epoch history, cost."""
+
+    metric: str
+    best: float
+    best_epoch: int
+    last: float
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.01) -> float:
+    """Linear warmup from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _better(a: float, b: float, direction: str) -> bool:
+    return a < b if direction == "minimize" else a > b
+
+
+def fit(
+    config: Mapping[str, Any],
+    task: Task,
+    reporter: Reporter | None = None,
+    *,
+    monitor: Monitor | None = None,
+    checkpoint_dir: Path | None = None,
+    device: str = "auto",
+) -> FitResult:
+    """Train ``task`` with ``config`` and return the best validation metric.
+
+    The loop: AdamW; linear warmup for ``warmup_epochs`` then cosine decay over
+    ``epochs``; gradient clipping at ``clip_norm`` (``None`` = off) whose
+    pre-clip norm goes to the monitor; evaluation every epoch, reported to
+    ``reporter`` (which may prune); early stop after ``patience`` epochs without
+    improvement (``None`` = off). With ``checkpoint_dir`` it writes ``last.pt``
+    and ``best.pt`` (each holding the config) every epoch and resumes from
+    ``last.pt`` when one is there.
+    """
+    started = time.perf_counter()
+    seed_everything(int(config["seed"]))
+    dev = resolve_device(device)
+    run = task.setup(config, dev)
+    model = run.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+    epochs = int(config["epochs"])
+    steps_per_epoch = run.steps_per_epoch
+    warmup_steps = round(float(config["warmup_epochs"]) * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_lambda(s, warmup_steps=warmup_steps, total_steps=epochs * steps_per_epoch),
+    )
+    clip_norm = config.get("clip_norm")
+    patience = config.get("patience")
+
+    history: list[dict[str, float]] = []
+    best, best_epoch, start_epoch = math.nan, -1, 0
+    if checkpoint_dir is not None and (checkpoint_dir / "last.pt").exists():
+        state = torch.load(checkpoint_dir / "last.pt", map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
+        start_epoch = state["epoch"] + 1
+        if hasattr(run, "_generator"):
+            run._generator.set_state(state["data_rng"])
+
+    step = start_epoch * steps_per_epoch
+    stopped_early = False
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        for batch in run.train_batches(epoch):
+            loss = run.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in params if p.grad is not None]
+            if clip_norm is not None:
+                # returns the norm before clipping: the monitor sees explosions clipping hides
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip_norm))
+            else:
+                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if monitor is not None:
+                monitor.after_backward(step, loss.detach(), grad_norm.detach())
+            optimizer.step()
+            scheduler.step()
+            step += 1
+
+        model.eval()
+        with torch.no_grad():
+            result = run.evaluate()
+        value = result.metrics[task.metric]
+        row = {"epoch": float(epoch), **result.metrics, "lr": scheduler.get_last_lr()[0]}
+        history.append(row)
+        improved = best_epoch < 0 or _better(value, best, task.direction)
+        if improved:
+            best, best_epoch = value, epoch
+        if checkpoint_dir is not None:
+            _save_checkpoint(checkpoint_dir, config, model, optimizer, scheduler, run, epoch,
+                             history, best, best_epoch, improved)
+        if monitor is not None:
+            monitor.after_eval(epoch, result)
+        if reporter is not None:
+            reporter.report(epoch, result)
+        if patience is not None and epoch - best_epoch >= int(patience):
+            stopped_early = True
+            break
+
+    return FitResult(
+        metric=task.metric, best=best, best_epoch=best_epoch,
+        last=history[-1][task.metric] if history else math.nan,
+        epochs_run=len(history), seconds=time.perf_counter() - started,
+        history=history, stopped_early=stopped_early,
+    )
+
+
+def _save_checkpoint(
+    folder: Path, config: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: Any, run: Any, epoch: int, history: list[dict[str, float]], best: float,
+    best_epoch: int, improved: bool,
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        "config": dict(config), "epoch": epoch, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(), "history": history, "best": best, "best_epoch": best_epoch,
+        "data_rng": run._generator.get_state() if hasattr(run, "_generator") else None,
+    }
+    # write then rename: a kill mid-write never leaves a torn checkpoint
+    tmp = folder / "last.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(folder / "last.pt")
+    if improved:
+        torch.save({"config": dict(config), "epoch": epoch, "model": model.state_dict(), "metric": best},
+                   folder / "best.tmp")
+        (folder / "best.tmp").replace(folder / "best.pt")
