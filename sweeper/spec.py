@@ -476,11 +476,12 @@ class _Validator:
             raise UserError(f"{self.path}: missing required key `{prefix}{key}`")
         return doc[key]
 
-    def known_keys(self, doc: Mapping[str, Any], allowed: Any, prefix: str, *, noun: str = "key") -> None:
+    def known_keys(self, doc: Mapping[str, Any], allowed: Any, prefix: str, *, noun: str = "") -> None:
         for key in doc:
             if key not in allowed:
                 hint = _did_you_mean(str(key), allowed)
-                raise UserError(f"{self.path}: unknown {noun} `{prefix}{key}`{hint}; "
+                what = f" (not a {noun})" if noun else ""
+                raise UserError(f"{self.path}: unknown key `{prefix}{key}`{what}{hint}; "
                                 f"allowed: {', '.join(sorted(map(str, allowed)))}")
 
     def integer(self, value: Any, key: str, *, minimum: int | None = None) -> None:
