@@ -7,14 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-import warnings  # noqa: E402
-
-import optuna  # noqa: E402
-
-# heartbeats, stale-trial retries and fail_stale_trials are "experimental" in Optuna
-# since 2.x; sweeper relies on them deliberately, so the warning is noise to users
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
+from . import _optuna_warnings  # noqa: F401  (first: silences Optuna's experimental warnings)
 from .errors import SweepFailed, UserError
 from .export import export_best
 from .report import trials_frame, write_results

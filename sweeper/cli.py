@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        return _dispatch(args, "sweeper " + " ".join(shlex.quote(a) for a in argv))
     except UserError as e:
         print(f"sweeper: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -70,15 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    from . import commands
+def _dispatch(args: argparse.Namespace, resume_argv: str) -> int:
+    from . import commands  # imports torch and optuna: only once the arguments parsed
 
     handler = getattr(commands, f"cmd_{args.command}")
-    return int(handler(args, resume_argv=_resume_argv()))
-
-
-def _resume_argv() -> str:
-    return "sweeper " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return int(handler(args, resume_argv=resume_argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

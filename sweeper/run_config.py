@@ -81,10 +81,11 @@ class CSVReporter:
         print(f"epoch {epoch:>3} {shown}", file=self.out, flush=True)
 
 
-def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO = sys.stdout,
+def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO | None = None,
                  device: str = "auto") -> FitResult:
     """Train ``tc`` with checkpoints and a metrics CSV in ``out_dir`` (default: beside the
     config, ``<stem>.run/``); a second call resumes from the last checkpoint."""
+    out = out or sys.stdout
     folder = out_dir or tc.path.with_suffix(".run")
     folder.mkdir(parents=True, exist_ok=True)
     _check_same_config(folder, tc.config)

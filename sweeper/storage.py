@@ -14,6 +14,7 @@ from .errors import UserError
 from .spec import HeartbeatSpec, check_storage_url
 
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another worker's lock
+SQLITE_JOURNAL_MODE = "WAL"  # readers do not block the writer; bench/overhead.py compares with DELETE
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -76,7 +77,7 @@ def open_storage(url: str, heartbeat: HeartbeatSpec | None = None, *, retries: i
         db.parent.mkdir(parents=True, exist_ok=True)
         # WAL is a property of the database file: set once, kept by every later connection
         with sqlite3.connect(db, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA journal_mode={SQLITE_JOURNAL_MODE}")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
         engine_kwargs["pool_pre_ping"] = True

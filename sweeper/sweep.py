@@ -148,7 +148,7 @@ class Sweep:
         storage: str | None = None,
         study_name: str | None = None,
         trials: int | None = None,
-        out: TextIO = sys.stdout,
+        out: TextIO | None = None,
         progress: bool | None = None,
         resume_command: str | None = None,
     ) -> None:
@@ -240,7 +240,7 @@ class Sweep:
             failures += t.state == TrialState.FAIL
             if t.state in FINISHED:
                 bar.update(1)
-            bar.write(trial_line(t, self.spec), file=self.out)
+            bar.write(trial_line(t, self.spec), file=self.out or sys.stdout)
 
         previous = signal.getsignal(signal.SIGTERM)
         if _is_main_thread():

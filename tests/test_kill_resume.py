@@ -1,0 +1,66 @@
+"""A worker killed with SIGKILL mid-trial, then the same command again (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from .conftest import REPO, sweeper_cmd
+
+STORAGE = "sqlite:///results/tiny/study.db"
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:  # type: ignore[type-arg]
+    """Poll the study until ``predicate`` holds (the worker's progress is only visible there)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the worker ended before it could be killed"
+        if not Path("results/tiny/study.db").exists():
+            time.sleep(0.05)
+            continue
+        try:
+            if predicate(optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()):
+                return
+        except KeyError:  # the database exists, the study not yet
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the worker never reached the state to kill it in")
+
+
+def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
+    args = ["run", "tiny", "--trials", "4", "--set", "epochs=4", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(sweeper_cmd(*args), cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        return len(done) >= 1 and len(running) == 1
+
+    _wait_for(mid_trial, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
+    killed = next(t for t in before if t.state == TrialState.RUNNING)
+    finished_before = {t.number: (t.value, t.datetime_complete) for t in before if t.state == TrialState.COMPLETE}
+
+    again = subprocess.run(sweeper_cmd(*args), cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
+    by_number = {t.number: t for t in trials}
+    assert [t.number for t in trials] == list(range(len(trials)))  # no gaps, no duplicates
+    assert by_number[killed.number].state == TrialState.FAIL  # the stale trial, failed by heartbeat
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == killed.params
+    for number, (value, completed) in finished_before.items():  # finished trials untouched
+        assert (by_number[number].value, by_number[number].datetime_complete) == (value, completed)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

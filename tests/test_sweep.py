@@ -1,0 +1,206 @@
+"""Sweeps in-process: end to end, budget across invocations, interrupts, failures, results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import sweeper.sweep as sweep_module
+from sweeper.cli import main
+from sweeper.spec import load_spec
+from sweeper.sweep import Sweep
+
+STORAGE = "sqlite:///results/tiny/study.db"
+
+
+def load(name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=STORAGE)
+
+
+def test_tiny_sweep_end_to_end(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "tiny", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    study = load()
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    for t in trials:
+        assert len(t.intermediate_values) == 2  # the epoch metric, reported every epoch
+        assert t.user_attrs["config"]["model_size"] == "tiny"
+        assert t.user_attrs["epochs_run"] == 2
+    # one progress line per finished trial, with number, state, metric and params
+    lines = [line for line in out.splitlines() if line.startswith("trial")]
+    assert len(lines) == 4 and "COMPLETE" in lines[0] and "wer=" in lines[0] and "lr=" in lines[0]
+
+    folder = workdir / "results" / "tiny"
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert len(rows) == 4
+    assert {"number", "state", "value", "lr", "dropout", "clip_norm", "epochs_run", "seconds",
+            "health.reason"} <= set(rows[0])
+    best = min(trials, key=lambda t: t.value)
+    summary = (folder / "summary.md").read_text()
+    assert f"best: wer = {best.value:.4g} (trial {best.number})" in summary
+    assert "| number | value |" in summary
+    exported = yaml.safe_load((folder / "best.yaml").read_text())
+    assert exported["task"] == "ctc_digits"
+    assert exported["config"] == best.user_attrs["config"]
+    assert exported["provenance"]["trial"] == best.number
+    assert exported["provenance"]["value"] == best.value
+    assert exported["provenance"]["code"].startswith("sweeper ")
+
+
+def test_budget_is_the_study_total_across_invocations(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "tiny", "--trials", "3", "--set", "epochs=1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["run", "tiny", "--trials", "5", "--set", "epochs=1", "--no-progress"]) == 0
+    second = capsys.readouterr().out
+    assert len([line for line in second.splitlines() if line.startswith("trial")]) == 2  # ran only 2
+    trials = load().get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # the same budget again runs nothing
+    assert main(["run", "tiny", "--trials", "5", "--set", "epochs=1", "--no-progress"]) == 0
+    assert len(load().get_trials()) == 5
+
+
+def test_resumed_sampler_does_not_replay_first_proposals(workdir: Path) -> None:
+    assert main(["run", "tiny", "--trials", "2", "--set", "epochs=1", "--no-progress"]) == 0
+    assert main(["run", "tiny", "--trials", "4", "--set", "epochs=1", "--no-progress"]) == 0
+    params = [json.dumps(t.params, sort_keys=True) for t in load().get_trials()]
+    assert len(set(params)) == 4
+
+
+def test_pinned_parameters_are_not_sampled(workdir: Path) -> None:
+    assert main(["run", "tiny", "--trials", "2", "--set", "epochs=1", "--set", "lr=0.005", "--no-progress"]) == 0
+    for t in load().get_trials():
+        assert "lr" not in t.params and t.user_attrs["config"]["lr"] == 0.005
+
+
+def _interrupt_on_call(n: int, monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> list[int]:
+    real_fit = sweep_module.fit
+    calls: list[int] = []
+
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise exc
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "fit", fit)
+    return calls
+
+
+def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _interrupt_on_call(2, monkeypatch, KeyboardInterrupt())
+    assert main(["run", "tiny", "--set", "epochs=1", "--no-progress"]) == 130
+    captured = capsys.readouterr()
+    assert "resume with: sweeper run" in captured.err
+    trials = load().get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs["error"] == "interrupted"
+    assert (workdir / "results" / "tiny" / "trials.csv").exists()  # results are written on interrupt too
+
+    monkeypatch.undo()
+    monkeypatch.chdir(workdir)
+    assert main(["run", "tiny", "--set", "epochs=1", "--no-progress"]) == 0
+    trials = load().get_trials()
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 4 and [t.number for t in trials] == list(range(len(trials)))
+    retry = trials[2]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == trials[1].params
+    assert retry.user_attrs.get("error") is None
+
+
+def test_a_raising_trainer_fails_its_trial_and_the_sweep_goes_on(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _interrupt_on_call(2, monkeypatch, RuntimeError("CUDA error: device-side assert"))
+    assert main(["run", "tiny", "--set", "epochs=1", "--no-progress"]) == 0
+    trials = load().get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 4
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["error"] == "RuntimeError: CUDA error: device-side assert"
+    assert "[error: RuntimeError" in capsys.readouterr().out
+
+
+def test_failure_rate_stops_the_sweep(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("shapes do not match")
+
+    monkeypatch.setattr(sweep_module, "fit", broken)
+    assert main(["run", "tiny", "--trials", "50", "--no-progress"]) == 1
+    assert "5 of 5 trials failed" in capsys.readouterr().err
+    assert len(load().get_trials()) == 5
+
+
+def test_pruned_trials_count_in_budget_with_a_reason(workdir: Path) -> None:
+    spec_path = workdir / "studies" / "tiny.yaml"
+    spec_path.write_text(spec_path.read_text().replace("type: none", "type: threshold\n  upper: 0.0"))
+    assert main(["run", "tiny", "--no-progress"]) == 0
+    trials = load().get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 4
+    for t in trials:
+        assert t.user_attrs["health.reason"] == "underperforming"
+        assert "threshold pruner stopped it after epoch 0" in t.user_attrs["health.detail"]
+        assert t.user_attrs["epochs_run"] == 1
+    rows = list(csv.DictReader((workdir / "results" / "tiny" / "trials.csv").open()))
+    assert {r["health.reason"] for r in rows} == {"underperforming"}
+
+
+def test_storage_is_plain_optuna_for_the_cli_and_dashboard(workdir: Path) -> None:
+    import subprocess
+
+    assert main(["run", "tiny", "--trials", "2", "--set", "epochs=1", "--no-progress"]) == 0
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    out = subprocess.run([str(optuna_cli), "trials", "--study-name", "tiny", "--storage", STORAGE, "-f", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    assert [t["number"] for t in json.loads(out)] == [0, 1]
+
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    app = wsgi(STORAGE)
+    environ: dict[str, Any] = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+    assert status[0].startswith("200")
+    studies = json.loads(body)["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["tiny"]
+
+
+def test_direction_mismatch_with_existing_study_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "tiny", "--trials", "1", "--set", "epochs=1", "--no-progress"]) == 0
+    spec_path = workdir / "studies" / "tiny.yaml"
+    spec_path.write_text(spec_path.read_text() + "direction: maximize\n")
+    assert main(["run", "tiny", "--trials", "2", "--no-progress"]) == 2
+    assert "was created to minimize its metric" in capsys.readouterr().err
+    assert len(load().get_trials()) == 1
+
+
+def test_study_name_runs_two_studies_in_one_storage(workdir: Path) -> None:
+    for name in ("a", "b"):
+        assert main(["run", "tiny", "--study-name", name, "--trials", "1", "--set", "epochs=1", "--no-progress"]) == 0
+    assert sorted(optuna.get_all_study_names(STORAGE)) == ["a", "b"]
+    assert (workdir / "results" / "a" / "trials.csv").exists()
+
+
+def test_sweep_api_in_process(workdir: Path) -> None:
+    out = io.StringIO()
+    outcome = Sweep(load_spec("tiny"), overrides={"epochs": 1}, trials=2, out=out, progress=False).run()
+    assert outcome.ran == 2 and outcome.counts == {"COMPLETE": 2} and not outcome.interrupted
+    assert out.getvalue().count("COMPLETE") == 2
