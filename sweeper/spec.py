@@ -119,6 +119,16 @@ class HeartbeatSpec:
 
 
 @dataclass(frozen=True)
+class HealthSpec:
+    """The ``health:`` section: detector options by reason code (``False`` turns one off)."""
+
+    enabled: bool = True
+    check_every: int = 20
+    diagnose_after: int = 3
+    detectors: Mapping[str, Mapping[str, Any] | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study file."""
 
@@ -130,6 +140,7 @@ class StudySpec:
     sampler: SamplerSpec
     pruner: PrunerSpec
     heartbeat: HeartbeatSpec
+    health: HealthSpec
     storage: str | None
     fixed: Mapping[str, Any]
     params: Mapping[str, ParamSpec]
@@ -179,7 +190,7 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[str, Any, str]]] = {
 REQUIRED_PRUNER_OPTIONS = {"percentile": ("percentile",)}
 
 TOP_KEYS = ("name", "description", "task", "metric", "direction", "budget", "sampler", "pruner",
-            "heartbeat", "storage", "fixed", "params")
+            "heartbeat", "health", "storage", "fixed", "params")
 
 
 # ---------------------------------------------------------------- loading
@@ -242,6 +253,7 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
     sampler = _parse_sampler(v, doc.get("sampler", {}))
     pruner = _parse_pruner(v, doc.get("pruner", {}))
     heartbeat = _parse_heartbeat(v, doc.get("heartbeat", {}))
+    health = _parse_health(v, doc.get("health", {}))
 
     storage = doc.get("storage")
     if storage is not None:
@@ -271,7 +283,7 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
         v.fail("description", description, "a string")
     return StudySpec(
         name=name, task=task_name, metric=metric, direction=direction, budget=budget, sampler=sampler,
-        pruner=pruner, heartbeat=heartbeat, storage=storage, fixed=fixed, params=params, path=path,
+        pruner=pruner, heartbeat=heartbeat, health=health, storage=storage, fixed=fixed, params=params, path=path,
         description=description,
     )
 
@@ -346,6 +358,44 @@ def _parse_heartbeat(v: _Validator, raw: Any) -> HeartbeatSpec:
     if grace <= interval:
         v.fail("heartbeat.grace", grace, f"an integer > heartbeat.interval ({interval})")
     return HeartbeatSpec(interval=interval, grace=grace)
+
+
+def _parse_health(v: _Validator, raw: Any) -> HealthSpec:
+    from .health.detectors import DETECTORS
+
+    if raw is False:
+        return HealthSpec(enabled=False)
+    doc = v.mapping(raw, "health")
+    v.known_keys(doc, ("enabled", "check_every", "diagnose_after", *DETECTORS), "health.",
+                 noun="setting or detector (detectors: " + ", ".join(DETECTORS) + ")")
+    enabled = doc.get("enabled", True)
+    if not isinstance(enabled, bool):
+        v.fail("health.enabled", enabled, "true or false")
+    check_every = doc.get("check_every", 20)
+    v.integer(check_every, "health.check_every", minimum=1)
+    diagnose_after = doc.get("diagnose_after", 3)
+    v.integer(diagnose_after, "health.diagnose_after", minimum=0)
+    detectors: dict[str, Mapping[str, Any] | bool] = {}
+    for name, cls in DETECTORS.items():
+        if name not in doc:
+            continue
+        value = doc[name]
+        if isinstance(value, bool):
+            detectors[name] = value
+            continue
+        opts = v.mapping(value, f"health.{name}")
+        allowed = cls.options()
+        v.known_keys(opts, ("enabled", *allowed), f"health.{name}.", noun=f"option of {name}")
+        for key, val in opts.items():
+            kind = bool if key == "enabled" else allowed[key]
+            ok = isinstance(val, bool) if kind is bool else (
+                _is_number(val) and val >= 0 if kind is float else
+                isinstance(val, int) and not isinstance(val, bool) and val >= 0)
+            if not ok:
+                v.fail(f"health.{name}.{key}", val, {bool: "true or false", float: "a number >= 0",
+                                                     int: "an integer >= 0"}[kind])
+        detectors[name] = opts
+    return HealthSpec(enabled=enabled, check_every=check_every, diagnose_after=diagnose_after, detectors=detectors)
 
 
 def _parse_param(v: _Validator, key: str, raw: Any, ktype: KeyType) -> ParamSpec:

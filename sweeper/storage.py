@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
@@ -14,7 +15,8 @@ from .errors import UserError
 from .spec import HeartbeatSpec, check_storage_url
 
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another worker's lock
-SQLITE_JOURNAL_MODE = "WAL"  # readers do not block the writer; bench/overhead.py compares with DELETE
+SQLITE_JOURNAL_MODE = "WAL"
+SCHEMA_RACE_RETRIES = 3  # readers do not block the writer; bench/overhead.py compares with DELETE
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -83,13 +85,21 @@ def open_storage(url: str, heartbeat: HeartbeatSpec | None = None, *, retries: i
         engine_kwargs["pool_pre_ping"] = True
     hb = heartbeat or HeartbeatSpec()
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=hb.interval,
-            grace_period=hb.grace,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
-        )
+        for attempt in range(SCHEMA_RACE_RETRIES):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=hb.interval,
+                    grace_period=hb.grace,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
+                )
+            except sqlalchemy.exc.IntegrityError:
+                # two processes created the schema of a new database at once; the other
+                # one won, so opening again finds the tables in place
+                if attempt == SCHEMA_RACE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
     except ImportError as e:
         raise UserError(f"storage {url}: missing database driver ({e}); "
                         "for PostgreSQL install sweeper[postgres]") from None

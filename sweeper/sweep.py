@@ -16,6 +16,8 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SweepFailed, UserError
+from .health import HealthMonitor, HealthPruned, diagnose
+from .health.detectors import merge_options
 from .space import trial_config
 from .spec import StudySpec
 from .storage import check_writable, open_storage, sqlite_path
@@ -99,6 +101,7 @@ class SweepOutcome:
     ran: int = 0
     interrupted: bool = False
     stopped: str | None = None
+    diagnosis: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -207,8 +210,17 @@ class Sweep:
         config = trial_config(self.spec, trial, self.overrides)
         trial.set_user_attr("config", config)
         reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type)
+        monitor = self.monitor(config)
         try:
-            result = fit(config, self.task, reporter)
+            result = fit(config, self.task, reporter, monitor=monitor)
+        except HealthPruned as e:
+            v = e.verdict
+            trial.set_user_attr("health.reason", v.reason.value)
+            trial.set_user_attr("health.detail", v.detail)
+            trial.set_user_attr("health.step", v.step)
+            trial.set_user_attr("epochs_run", reporter.epochs + (v.epoch is None))
+            trial.set_constraint("health", 1.0)  # infeasible: TPE ranks it below every healthy trial
+            raise
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -224,6 +236,15 @@ class Sweep:
             raise ValueError(f"the run ended with {self.spec.metric}=nan")
         return result.best
 
+    def monitor(self, config: Mapping[str, Any]) -> HealthMonitor | None:
+        h = self.spec.health
+        if not h.enabled:
+            return None
+        return HealthMonitor(detectors=merge_options(self.task.health_defaults, h.detectors),
+                             check_every=h.check_every,
+                             warmup_epochs=float(config.get("warmup_epochs") or 0.0), metric=self.spec.metric,
+                             chance_metric=self.task.chance_metric)
+
     # -- the loop
 
     def run(self) -> SweepOutcome:
@@ -233,6 +254,7 @@ class Sweep:
         retry = RetryHeartbeatStaleTrialCallback(max_retry=self.spec.budget.retries)
         started = time.monotonic()
         failures = 0
+        finished_here: list[FrozenTrial] = []
 
         def on_trial(study: optuna.Study, t: FrozenTrial) -> None:
             nonlocal failures
@@ -241,6 +263,10 @@ class Sweep:
             if t.state in FINISHED:
                 bar.update(1)
             bar.write(trial_line(t, self.spec), file=self.out or sys.stdout)
+            if t.state in FINISHED and outcome.diagnosis is None:
+                # this invocation's trials only: after a fix, the same command must be able to go on
+                finished_here.append(t)
+                outcome.diagnosis = diagnose(finished_here, self.spec.health.diagnose_after)
 
         previous = signal.getsignal(signal.SIGTERM)
         if _is_main_thread():
@@ -249,6 +275,9 @@ class Sweep:
             while True:
                 if self.spec.budget.timeout is not None and time.monotonic() - started >= self.spec.budget.timeout:
                     outcome.stopped = f"timeout of {self.spec.budget.timeout:g}s reached"
+                    break
+                if outcome.diagnosis is not None:
+                    outcome.stopped = outcome.diagnosis
                     break
                 if outcome.ran >= FAILURE_LIMIT_MIN_TRIALS and failures * 2 > outcome.ran:
                     outcome.stopped = f"{failures} of {outcome.ran} trials failed"

@@ -23,11 +23,15 @@ class Reporter(Protocol):
 
 
 class Monitor(Protocol):
-    """Hooks the health monitor implements (see ``sweeper.health``)."""
+    """Hooks the health monitor implements (see ``sweeper.health.HealthMonitor``)."""
 
-    def after_backward(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None: ...
+    def watch(self, model: torch.nn.Module) -> None: ...
 
-    def after_eval(self, epoch: int, result: EvalResult) -> None: ...
+    def after_backward(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None, *,
+                       step: int | None = None) -> None: ...
+
+    def after_eval(self, epoch: int, metrics: Mapping[str, float],
+                   outputs: Mapping[str, torch.Tensor] | None = None) -> None: ...
 
 
 @dataclass
@@ -105,6 +109,8 @@ def fit(
     )
     clip_norm = config.get("clip_norm")
     patience = config.get("patience")
+    if monitor is not None:
+        monitor.watch(model)
 
     history: list[dict[str, float]] = []
     best, best_epoch, start_epoch = math.nan, -1, 0
@@ -134,7 +140,7 @@ def fit(
             else:
                 grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             if monitor is not None:
-                monitor.after_backward(step, loss.detach(), grad_norm.detach())
+                monitor.after_backward(loss.detach(), grad_norm.detach(), step=step)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -152,7 +158,7 @@ def fit(
             _save_checkpoint(checkpoint_dir, config, model, optimizer, scheduler, run, epoch,
                              history, best, best_epoch, improved)
         if monitor is not None:
-            monitor.after_eval(epoch, result)
+            monitor.after_eval(epoch, result.metrics, result.outputs)
         if reporter is not None:
             reporter.report(epoch, result)
         if patience is not None and epoch - best_epoch >= int(patience):

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from .conftest import REPO, sweeper_cmd
 
 STORAGE = "sqlite:///results/tiny/study.db"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:  # type: ignore[type-arg]
@@ -25,9 +27,11 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None
             time.sleep(0.05)
             continue
         try:
-            if predicate(optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()):
+            # read-only: never create tables the worker may be creating right now
+            storage = optuna.storages.RDBStorage(STORAGE, skip_table_creation=True)
+            if predicate(optuna.load_study(study_name="tiny", storage=storage).get_trials()):
                 return
-        except KeyError:  # the database exists, the study not yet
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the worker is still creating tables or study
             pass
         time.sleep(0.05)
     raise AssertionError("the worker never reached the state to kill it in")
@@ -40,7 +44,7 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
                             stderr=subprocess.PIPE, text=True)
 
     def mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        done = [t for t in trials if t.state in FINISHED]
         running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
         return len(done) >= 1 and len(running) == 1
 
@@ -49,7 +53,7 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
     proc.wait()
     before = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
     killed = next(t for t in before if t.state == TrialState.RUNNING)
-    finished_before = {t.number: (t.value, t.datetime_complete) for t in before if t.state == TrialState.COMPLETE}
+    finished_before = {t.number: (t.value, t.datetime_complete) for t in before if t.state in FINISHED}
 
     again = subprocess.run(sweeper_cmd(*args), cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
@@ -58,9 +62,9 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
     assert [t.number for t in trials] == list(range(len(trials)))  # no gaps, no duplicates
     assert by_number[killed.number].state == TrialState.FAIL  # the stale trial, failed by heartbeat
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert len(retries) == 1 and retries[0].state in FINISHED
     assert retries[0].params == killed.params
     for number, (value, completed) in finished_before.items():  # finished trials untouched
         assert (by_number[number].value, by_number[number].datetime_complete) == (value, completed)
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert sum(t.state in FINISHED for t in trials) == 4  # the budget counts complete + pruned
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

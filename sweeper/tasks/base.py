@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -97,6 +97,9 @@ class Task(ABC):
     metric: str
     direction: str  # "minimize" or "maximize"
     chance_metric: float | None = None
+    # health detector options that suit this task's training dynamics; a study's
+    # `health:` section overrides them
+    health_defaults: ClassVar[Mapping[str, Mapping[str, Any] | bool]] = {}
 
     @property
     @abstractmethod

@@ -16,11 +16,12 @@ the metric is word error rate over digit tokens.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -171,6 +172,11 @@ def build_dataset(data_seed: int, n_train: int, n_val: int, max_digits: int) -> 
     return train, val
 
 
+def required_frames(labels: Sequence[int]) -> int:
+    """Fewest CTC frames that can emit ``labels``: one each, plus a blank between repeats."""
+    return len(labels) + sum(a == b for a, b in itertools.pairwise(labels))
+
+
 def downsampled_length(width: torch.Tensor, downsample: int) -> torch.Tensor:
     """Output frames of the front end for inputs of ``width`` columns."""
     length = width
@@ -222,12 +228,24 @@ class _CTCDigitsRun(TaskRun):
             int(config["max_digits"]),
         )
         self.train, self.val = train, val
-        self.train_targets = [torch.tensor(lab) for lab in train.labels]
+        self.val_required = torch.tensor([required_frames(lab) for lab in val.labels])
+        self.val_tokens = torch.tensor([t for lab in val.labels for t in lab], dtype=torch.long)
         self.model = CTCRecognizer(
             size=str(config["model_size"]), downsample=int(config["downsample"]),
             dropout=float(config["dropout"]), n_classes=len(DIGITS),
         ).to(device)
         self._generator = torch.Generator().manual_seed(int(config["seed"]))
+        # the sequence the LSTM consumes, captured during evaluation for the temporal-collapse check
+        self._capture: list[torch.Tensor] | None = None
+        self.model.encoder.register_forward_hook(self._capture_encoder_input)
+
+    def _capture_encoder_input(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if self._capture is None:
+            return
+        x = inputs[0]
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True)
+        self._capture.append(x.detach().cpu())
 
     @property
     def steps_per_epoch(self) -> int:
@@ -256,7 +274,8 @@ class _CTCDigitsRun(TaskRun):
     def evaluate(self) -> EvalResult:
         hyps: list[list[int]] = []
         losses, n_frames, n_blank = [], 0, 0
-        lengths_all, target_lengths_all = [], []
+        lengths_all: list[torch.Tensor] = []
+        self._capture = []
         order = torch.arange(len(self.val.labels))
         for start in range(0, len(order), 256):
             x, widths, targets, target_lengths = self._batch(self.val, order[start:start + 256])
@@ -264,7 +283,6 @@ class _CTCDigitsRun(TaskRun):
             losses.append(float(ctc_loss("ctc", log_probs, targets, lengths, target_lengths)) * len(widths))
             hyps += greedy_decode(log_probs, lengths)
             lengths_all.append(lengths.cpu())
-            target_lengths_all.append(target_lengths.cpu())
             valid = torch.arange(log_probs.shape[0], device=lengths.device)[:, None] < lengths[None, :]
             n_frames += int(valid.sum())
             n_blank += int(((log_probs.argmax(-1) == 0) & valid).sum())
@@ -275,9 +293,16 @@ class _CTCDigitsRun(TaskRun):
             "blank_fraction": n_blank / max(n_frames, 1),
             "empty_fraction": sum(1 for h in hyps if not h) / len(hyps),
         }
+        sequences, self._capture = self._capture, None
+        t_max = max(x.shape[1] for x in sequences)
         outputs = {
+            # what the health detectors read: frames per sequence, frames its labels need
+            # (one per label plus a blank between repeats), the outputs, decoded vs reference tokens
             "output_lengths": torch.cat(lengths_all),
-            "target_lengths": torch.cat(target_lengths_all),
+            "required_lengths": self.val_required,
+            "sequence": torch.cat([nn.functional.pad(x, (0, 0, 0, t_max - x.shape[1])) for x in sequences]),
+            "predictions": torch.tensor([t for h in hyps for t in h], dtype=torch.long),
+            "targets": self.val_tokens,
         }
         return EvalResult(metrics=metrics, outputs=outputs)
 
@@ -288,6 +313,9 @@ class CTCDigits(Task):
     name = "ctc_digits"
     metric = "wer"
     direction = "minimize"
+    chance_metric = 1.0  # the WER of an empty (or entirely wrong) transcript
+    # a healthy CTC model emits one or two frequent digits before it tells them apart
+    health_defaults: ClassVar[Mapping[str, Mapping[str, Any] | bool]] = {"class_collapse": {"grace_epochs": 3}}
 
     @property
     def defaults(self) -> Mapping[str, Any]:
