@@ -31,8 +31,8 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None
             storage = optuna.storages.RDBStorage(STORAGE, skip_table_creation=True)
             if predicate(optuna.load_study(study_name="tiny", storage=storage).get_trials()):
                 return
-        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the worker is still creating tables or study
-            pass
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            pass  # the worker is still creating the tables or the study
         time.sleep(0.05)
     raise AssertionError("the worker never reached the state to kill it in")
 
