@@ -263,3 +263,36 @@ class TestOverrides:
     def test_bad_override(self, item: str, match: str) -> None:
         with pytest.raises(UserError, match=match):
             parse_overrides(self.spec, [item])
+
+
+class TestHealthSection:
+    def test_defaults_and_options(self) -> None:
+        spec = spec_with(health={"check_every": 10, "grad_explosion": {"ceiling": 1e5}, "blank_output": False})
+        assert spec.health.enabled and spec.health.check_every == 10 and spec.health.diagnose_after == 3
+        assert spec.health.detectors == {"grad_explosion": {"ceiling": 1e5}, "blank_output": False}
+        assert not spec_with(health=False).health.enabled
+        assert spec_with().health.detectors == {}
+
+    @pytest.mark.parametrize(
+        ("health", "match"),
+        [
+            ({"grad_explosoin": False}, r"unknown key `health.grad_explosoin`.*did you mean 'grad_explosion'"),
+            ({"grad_explosion": {"celing": 1}}, r"unknown key `health.grad_explosion.celing`.*did you mean 'ceiling'"),
+            ({"grad_explosion": {"ceiling": "high"}}, r"`health.grad_explosion.ceiling` must be a number >= 0"),
+            ({"grad_explosion": {"ceiling": -1.0}}, r"`health.grad_explosion.ceiling` must be a number >= 0"),
+            ({"dead_gradients": {"patience": 1.5}}, r"`health.dead_gradients.patience` must be an integer >= 0"),
+            ({"check_every": 0}, r"`health.check_every` must be an integer >= 1, got 0"),
+            ({"diagnose_after": -1}, r"`health.diagnose_after` must be an integer >= 0"),
+            ({"enabled": "yes"}, r"`health.enabled` must be true or false"),
+        ],
+    )
+    def test_bad_health(self, health: dict[str, Any], match: str) -> None:
+        bad(match, health=health)
+
+    @pytest.mark.parametrize(("value", "ok"), [(0, True), (1, True), (-1, False)])
+    def test_patience_boundary(self, value: int, ok: bool) -> None:
+        if ok:
+            spec_with(health={"class_collapse": {"patience": value}})
+        else:
+            bad(r"`health.class_collapse.patience` must be an integer >= 0",
+                health={"class_collapse": {"patience": value}})

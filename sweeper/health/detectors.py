@@ -314,7 +314,7 @@ class ClassCollapse(Detector):
 def _entropy(counts: torch.Tensor) -> float:
     p = counts / counts.sum()
     p = p[p > 0]
-    return float(-(p * p.log()).sum())
+    return max(0.0, float(-(p * p.log()).sum()))  # max: no "-0.00" in the evidence
 
 
 @dataclass
