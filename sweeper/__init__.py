@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from . import _optuna_warnings  # noqa: F401  (first: silences Optuna's experimental warnings)
 from .errors import SweepFailed, UserError
 from .export import export_best
+from .health import HealthMonitor, HealthPruned, Reason, Verdict
 from .report import trials_frame, write_results
 from .run_config import load_training_config, train_config
 from .space import base_config, suggest, trial_config
@@ -21,7 +22,10 @@ from .train import FitResult, fit
 __all__ = [
     "EvalResult",
     "FitResult",
+    "HealthMonitor",
+    "HealthPruned",
     "KeyType",
+    "Reason",
     "StudySpec",
     "Sweep",
     "SweepFailed",
@@ -29,6 +33,7 @@ __all__ = [
     "Task",
     "TaskRun",
     "UserError",
+    "Verdict",
     "__version__",
     "base_config",
     "export_best",
