@@ -20,7 +20,6 @@ STAMP       := $(VENV)/.installed
 
 STUDY   ?= ctc_baseline
 TRIALS  ?=
-WORKERS ?=
 STORAGE ?=
 CONFIG  ?= results/$(STUDY)/best.yaml
 ARGS    ?=
@@ -71,6 +70,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
+	$(PY) bench/monitor_overhead.py
+	$(PY) bench/health_savings.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

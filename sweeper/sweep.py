@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import sys
@@ -327,6 +328,19 @@ def _existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
+
+
+class _DropInterruptTracebacks(logging.Filter):
+    """Ctrl-C is not an error: Optuna's "trial failed" record with its traceback is
+    replaced by sweeper's own line saying how to resume."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+
+
+_OPTIMIZE_LOGGER = logging.getLogger("optuna.study._optimize")
+if not any(isinstance(f, _DropInterruptTracebacks) for f in _OPTIMIZE_LOGGER.filters):
+    _OPTIMIZE_LOGGER.addFilter(_DropInterruptTracebacks())
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -68,3 +68,32 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
         assert (by_number[number].value, by_number[number].datetime_complete) == (value, completed)
     assert sum(t.state in FINISHED for t in trials) == 4  # the budget counts complete + pruned
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_ctrl_c_mid_trial_stops_cleanly_and_the_same_command_resumes(workdir: Path) -> None:
+    args = ["run", "tiny", "--trials", "4", "--set", "epochs=4", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(sweeper_cmd(*args), cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
+        return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
+
+    _wait_for(mid_trial, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume with: sweeper run tiny --trials 4 --set epochs=4 --no-progress" in err
+    assert "Traceback" not in err
+    trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["error"] == "interrupted"
+    assert [t.state for t in trials].count(TrialState.WAITING) == 1  # its retry, queued
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+    again = subprocess.run(sweeper_cmd(*args), cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
+    assert sum(t.state in FINISHED for t in trials) == 4
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == interrupted[0].number)
+    assert retry.state in FINISHED and retry.params == interrupted[0].params
