@@ -154,7 +154,6 @@ class Sweep:
         trials: int | None = None,
         out: TextIO | None = None,
         progress: bool | None = None,
-        resume_command: str | None = None,
     ) -> None:
         self.spec = spec
         self.overrides = dict(overrides or {})
@@ -166,7 +165,6 @@ class Sweep:
         self.task = get_task(spec.task)
         self.out = out
         self.progress = progress
-        self.resume_command = resume_command
         self.results = results_dir(spec, study_name)
         self._current_trial_id: int | None = None
 
@@ -219,7 +217,8 @@ class Sweep:
             trial.set_user_attr("health.reason", v.reason.value)
             trial.set_user_attr("health.detail", v.detail)
             trial.set_user_attr("health.step", v.step)
-            trial.set_user_attr("epochs_run", reporter.epochs + (v.epoch is None))
+            # the epoch it was judged in ran (in full at an evaluation, in part at a step)
+            trial.set_user_attr("epochs_run", reporter.epochs + 1)
             trial.set_constraint("health", 1.0)  # infeasible: TPE ranks it below every healthy trial
             raise
         except optuna.TrialPruned:
@@ -269,9 +268,10 @@ class Sweep:
                 finished_here.append(t)
                 outcome.diagnosis = diagnose(finished_here, self.spec.health.diagnose_after)
 
-        previous = signal.getsignal(signal.SIGTERM)
-        if _is_main_thread():
-            signal.signal(signal.SIGTERM, _raise_interrupt)
+        main_thread = _is_main_thread()  # signal handlers can only be set from the main thread
+        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        if main_thread:
+            signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops like Ctrl-C
         try:
             while True:
                 if self.spec.budget.timeout is not None and time.monotonic() - started >= self.spec.budget.timeout:
@@ -296,17 +296,16 @@ class Sweep:
                 study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[on_trial])
         except KeyboardInterrupt:
             outcome.interrupted = True
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+            if main_thread:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
             self._requeue_interrupted(study, retry)
         finally:
             bar.close()
-            if _is_main_thread():
-                signal.signal(signal.SIGTERM, previous)
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous[0])
+                signal.signal(signal.SIGINT, previous[1])
         outcome.counts = state_counts(study)
-        if outcome.interrupted:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         return outcome
-
 
     def _requeue_interrupted(self, study: optuna.Study,
                              retry: Callable[[optuna.Study, FrozenTrial], None]) -> None:

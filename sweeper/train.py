@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .tasks.base import EvalResult, Task
+from .tasks.base import EvalResult, Task, TaskRun
 
 
 class Reporter(Protocol):
@@ -122,8 +122,7 @@ def fit(
         torch.set_rng_state(state["torch_rng"])
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
-        if hasattr(run, "_generator"):
-            run._generator.set_state(state["data_rng"])
+        run.load_state_dict(state["data"])
 
     step = start_epoch * steps_per_epoch
     stopped_early = False
@@ -175,7 +174,7 @@ def fit(
 
 def _save_checkpoint(
     folder: Path, config: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any, run: Any, epoch: int, history: list[dict[str, float]], best: float,
+    scheduler: Any, run: TaskRun, epoch: int, history: list[dict[str, float]], best: float,
     best_epoch: int, improved: bool,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -183,7 +182,7 @@ def _save_checkpoint(
         "config": dict(config), "epoch": epoch, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(), "history": history, "best": best, "best_epoch": best_epoch,
-        "data_rng": run._generator.get_state() if hasattr(run, "_generator") else None,
+        "data": run.state_dict(),
     }
     # write then rename: a kill mid-write never leaves a torn checkpoint
     tmp = folder / "last.pt.tmp"

@@ -85,6 +85,13 @@ class TaskRun(ABC):
     def evaluate(self) -> EvalResult:
         """Evaluate the model on the validation split (called under ``no_grad``)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """Data-side state a resumed run needs (e.g. the batch-order generator)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook, no state by default
+        """Restore what ``state_dict`` returned."""
+
 
 class Task(ABC):
     """A built-in training problem.

@@ -266,6 +266,12 @@ class _CTCDigitsRun(TaskRun):
         for start in range(0, len(order), self.batch_size):
             yield self._batch(self.train, order[start:start + self.batch_size])
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"batch_order": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._generator.set_state(state["batch_order"])
+
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, widths, targets, target_lengths = batch
         log_probs, lengths = self.model(x, widths)
