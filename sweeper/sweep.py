@@ -217,8 +217,10 @@ class Sweep:
             trial.set_user_attr("health.reason", v.reason.value)
             trial.set_user_attr("health.detail", v.detail)
             trial.set_user_attr("health.step", v.step)
-            # the epoch it was judged in ran (in full at an evaluation, in part at a step)
-            trial.set_user_attr("epochs_run", reporter.epochs + 1)
+            # the epoch it was judged in ran (in full at an evaluation, in part at a step);
+            # a verdict on the data before the first step ran none
+            assert monitor is not None
+            trial.set_user_attr("epochs_run", reporter.epochs + (1 if monitor.steps_seen else 0))
             trial.set_constraint("health", 1.0)  # infeasible: TPE ranks it below every healthy trial
             raise
         except optuna.TrialPruned:

@@ -27,6 +27,8 @@ class Monitor(Protocol):
 
     def watch(self, model: torch.nn.Module) -> None: ...
 
+    def check_data(self, outputs: Mapping[str, torch.Tensor]) -> None: ...
+
     def after_backward(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None, *,
                        step: int | None = None) -> None: ...
 
@@ -111,6 +113,7 @@ def fit(
     patience = config.get("patience")
     if monitor is not None:
         monitor.watch(model)
+        monitor.check_data(run.preflight())
 
     history: list[dict[str, float]] = []
     best, best_epoch, start_epoch = math.nan, -1, 0

@@ -89,10 +89,16 @@ def test_grad_explosion_relative_needs_patience() -> None:
     assert v is not None and "60x its running median" in v.detail
 
 
-@pytest.mark.parametrize(("growth", "fires"), [(9.5, False), (10.5, True)])
+@pytest.mark.parametrize(("growth", "fires"), [(19.5, False), (20.5, True)])
 def test_grad_explosion_weight_growth(growth: float, fires: bool) -> None:
     v = GradExplosion().on_window(window(weight_norm=10.0 * growth))
     assert (v is not None) == fires
+
+
+def test_zero_loss_is_not_vanishing_gradients() -> None:
+    det = VanishingGradients(patience=1)
+    assert det.on_window(window(grad_norms=[0.0] * 20, losses=[0.0] * 20)) is None
+    assert det.on_window(window(grad_norms=[0.0] * 20)) is not None
 
 
 def test_vanishing_gradients_patience() -> None:
@@ -251,9 +257,12 @@ def test_lr_10_without_clipping_explodes(monkeypatch: pytest.MonkeyPatch) -> Non
     assert v.reason in (Reason.GRAD_EXPLOSION, Reason.NONFINITE_LOSS)
 
 
-def test_32x_downsampling_is_ctc_infeasible(monkeypatch: pytest.MonkeyPatch) -> None:
-    v = _ctc_verdict(monkeypatch, downsample=32, max_digits=5)
-    assert v.reason == Reason.CTC_INFEASIBLE and v.epoch == 0
+@pytest.mark.parametrize("downsample", [16, 32])
+def test_heavy_downsampling_is_ctc_infeasible_before_the_first_step(monkeypatch: pytest.MonkeyPatch,
+                                                                     downsample: int) -> None:
+    v = _ctc_verdict(monkeypatch, downsample=downsample, max_digits=5)
+    assert v.reason == Reason.CTC_INFEASIBLE and v.step == 0 and v.epoch is None
+    assert "training sequences" in v.detail
 
 
 def _imbalanced_digits(ratio: int = 20) -> tuple[torch.Tensor, ...]:
@@ -358,6 +367,7 @@ def test_sweep_prunes_sick_trials_with_reasons(workdir: Path, capsys: pytest.Cap
         assert f"[{t.user_attrs['health.reason']}: " in out
         if t.params["downsample"] == 32:
             assert t.user_attrs["health.reason"] == "ctc_infeasible"
+            assert t.user_attrs["epochs_run"] == 0  # judged on the data, before the first step
     healthy = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert all(t.constraints == {} for t in healthy)
     rows = {int(r["number"]): r for r in csv.DictReader((workdir / "results/sick/trials.csv").open())}

@@ -81,7 +81,7 @@ def test_ctrl_c_mid_trial_stops_cleanly_and_the_same_command_resumes(workdir: Pa
 
     _wait_for(mid_trial, proc)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume with: sweeper run tiny --trials 4 --set epochs=4 --no-progress" in err
     assert "Traceback" not in err

@@ -70,6 +70,9 @@ class NormRecorder:
     def watch(self, model: torch.nn.Module) -> None:
         pass
 
+    def check_data(self, outputs: Any) -> None:
+        pass
+
     def after_backward(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None, *,
                        step: int | None = None) -> None:
         assert grad_norm is not None and step is not None

@@ -62,6 +62,10 @@ class Detector:
     def on_eval(self, e: EvalSignals) -> Verdict | None:
         return None
 
+    def on_data(self, outputs: Mapping[str, torch.Tensor]) -> Verdict | None:
+        """Judge the training data before the first step (``HealthMonitor.check_data``)."""
+        return None
+
     @classmethod
     def options(cls) -> dict[str, type]:
         """Option name -> type, for validating the YAML."""
@@ -101,7 +105,7 @@ class GradExplosion(Detector):
     ceiling: float = 1.0e4
     factor: float = 50.0
     patience: int = 2
-    max_weight_growth: float = 10.0
+    max_weight_growth: float = 20.0
     _strikes: int = field(default=0, init=False, repr=False)
 
     def on_window(self, w: StepWindow) -> Verdict | None:
@@ -146,6 +150,8 @@ class VanishingGradients(Detector):
 
     def on_window(self, w: StepWindow) -> Verdict | None:
         finite = [n for n in w.grad_norms if math.isfinite(n)]
+        if all(loss == 0.0 for loss in w.losses):
+            return None  # a zero loss has zero gradients: a problem of the loss (or data), not of their flow
         if finite and max(finite) < self.threshold:
             self._strikes += 1
             if self._strikes >= self.patience:
@@ -192,8 +198,15 @@ class CTCInfeasible(Detector):
     reason: ClassVar[Reason] = Reason.CTC_INFEASIBLE
     max_fraction: float = 0.02
 
+    def on_data(self, outputs: Mapping[str, torch.Tensor]) -> Verdict | None:
+        return self._judge(outputs, "training", step=0, epoch=None)
+
     def on_eval(self, e: EvalSignals) -> Verdict | None:
-        frames, needed = e.outputs.get("output_lengths"), e.outputs.get("required_lengths")
+        return self._judge(e.outputs, "validation", step=e.step, epoch=e.epoch)
+
+    def _judge(self, outputs: Mapping[str, torch.Tensor], split: str, *, step: int,
+               epoch: int | None) -> Verdict | None:
+        frames, needed = outputs.get("output_lengths"), outputs.get("required_lengths")
         if frames is None or needed is None or len(frames) == 0:
             return None
         short = frames < needed
@@ -201,10 +214,10 @@ class CTCInfeasible(Detector):
         if fraction <= self.max_fraction:
             return None
         n = int(short.sum())
-        return Verdict(self.reason, f"{n} of {len(frames)} validation sequences ({fraction:.0%}) have fewer output "
+        return Verdict(self.reason, f"{n} of {len(frames)} {split} sequences ({fraction:.0%}) have fewer output "
                                     f"frames than their labels need (median {float(frames[short].float().median()):g} "
                                     f"frames for {float(needed[short].float().median()):g} needed; limit "
-                                    f"{self.max_fraction:.0%})", e.step, e.epoch)
+                                    f"{self.max_fraction:.0%})", step, epoch)
 
 
 @dataclass

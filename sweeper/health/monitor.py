@@ -134,6 +134,21 @@ class HealthMonitor:
             if verdict is not None:
                 self._fire(verdict)
 
+    @property
+    def steps_seen(self) -> int:
+        """Training steps recorded so far."""
+        return self._next_step
+
+    # ---------------------------------------------------------------- before training
+
+    def check_data(self, outputs: Mapping[str, torch.Tensor]) -> None:
+        """Judge the training data before the first step: a CTC configuration whose
+        outputs are too short for its labels is infeasible whatever it learns."""
+        for det in self.detectors:
+            verdict = det.on_data(outputs)
+            if verdict is not None:
+                self._fire(verdict)
+
     # ---------------------------------------------------------------- per evaluation
 
     def after_eval(self, epoch: int, metrics: Mapping[str, float],

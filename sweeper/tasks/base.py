@@ -85,6 +85,10 @@ class TaskRun(ABC):
     def evaluate(self) -> EvalResult:
         """Evaluate the model on the validation split (called under ``no_grad``)."""
 
+    def preflight(self) -> Mapping[str, torch.Tensor]:
+        """Outputs the health monitor can judge before training (``HealthMonitor.check_data``)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Data-side state a resumed run needs (e.g. the batch-order generator)."""
         return {}

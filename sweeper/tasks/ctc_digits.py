@@ -266,6 +266,13 @@ class _CTCDigitsRun(TaskRun):
         for start in range(0, len(order), self.batch_size):
             yield self._batch(self.train, order[start:start + self.batch_size])
 
+    def preflight(self) -> Mapping[str, torch.Tensor]:
+        # known from the strip widths alone: no forward pass needed
+        return {
+            "output_lengths": downsampled_length(self.train.widths, self.model.downsample),
+            "required_lengths": torch.tensor([required_frames(lab) for lab in self.train.labels]),
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {"batch_order": self._generator.get_state()}
 
