@@ -37,11 +37,25 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None
     raise AssertionError("the worker never reached the state to kill it in")
 
 
-def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
-    args = ["run", "tiny", "--trials", "4", "--set", "epochs=4", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(sweeper_cmd(*args), cwd=workdir, env=env, stdout=subprocess.PIPE,
+ARGS = ["run", "tiny", "--trials", "4", "--set", "epochs=4", "--no-progress"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _start(workdir: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+    """The worker, as a user starts it, in its own process."""
+    return subprocess.Popen(sweeper_cmd(*ARGS), cwd=workdir, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def _again(workdir: Path) -> subprocess.CompletedProcess[str]:
+    """The same command again, to completion."""
+    done = subprocess.run(sweeper_cmd(*ARGS), cwd=workdir, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
+    proc = _start(workdir)
 
     def mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
         done = [t for t in trials if t.state in FINISHED]
@@ -55,8 +69,7 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
     killed = next(t for t in before if t.state == TrialState.RUNNING)
     finished_before = {t.number: (t.value, t.datetime_complete) for t in before if t.state in FINISHED}
 
-    again = subprocess.run(sweeper_cmd(*args), cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    _again(workdir)
     trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
     by_number = {t.number: t for t in trials}
     assert [t.number for t in trials] == list(range(len(trials)))  # no gaps, no duplicates
@@ -71,10 +84,7 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
 
 
 def test_ctrl_c_mid_trial_stops_cleanly_and_the_same_command_resumes(workdir: Path) -> None:
-    args = ["run", "tiny", "--trials", "4", "--set", "epochs=4", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(sweeper_cmd(*args), cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _start(workdir)
 
     def mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
         return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
@@ -91,8 +101,7 @@ def test_ctrl_c_mid_trial_stops_cleanly_and_the_same_command_resumes(workdir: Pa
     assert [t.state for t in trials].count(TrialState.WAITING) == 1  # its retry, queued
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
-    again = subprocess.run(sweeper_cmd(*args), cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
+    _again(workdir)
     trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
     assert sum(t.state in FINISHED for t in trials) == 4
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == interrupted[0].number)
