@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import yaml
 
 from .errors import UserError
-from .spec import _Loader, _show, parse_scalar
+from .spec import _Loader, parse_scalar, show_value
 from .tasks import TASKS, get_task
 from .tasks.base import EvalResult
 from .train import FitResult, fit
@@ -49,7 +49,7 @@ def load_training_config(path: str | Path, overrides: list[str] | None = None) -
         if key not in types:
             raise UserError(f"{p}: unknown key `config.{key}` for task {task_name}; known: {', '.join(sorted(types))}")
         if not types[key].accepts(value):
-            raise UserError(f"{p}: `config.{key}` must be {types[key].describe()}, got {_show(value)}")
+            raise UserError(f"{p}: `config.{key}` must be {types[key].describe()}, got {show_value(value)}")
         config[key] = value
     for item in overrides or []:
         key, sep, text = item.partition("=")
@@ -87,7 +87,6 @@ def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO
     config, ``<stem>.run/``); a second call resumes from the last checkpoint."""
     out = out or sys.stdout
     folder = out_dir or tc.path.with_suffix(".run")
-    folder.mkdir(parents=True, exist_ok=True)
     _check_same_config(folder, tc.config)
     task = get_task(tc.task)
     result = fit(tc.config, task, CSVReporter(folder / "metrics.csv", out), checkpoint_dir=folder, device=device)
@@ -97,14 +96,15 @@ def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO
 
 
 def _check_same_config(folder: Path, config: Mapping[str, Any]) -> None:
-    """Resuming a checkpoint of another config would silently mix two runs."""
-    last = folder / "last.pt"
-    if not last.exists():
+    """A run folder holds one config (``config.yaml``): resuming a checkpoint of another
+    config would silently mix two runs."""
+    path = folder / "config.yaml"
+    if path.exists():
+        saved = yaml.load(path.read_text(), Loader=_Loader) or {}
+        if saved != dict(config):
+            diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise UserError(f"{folder} holds a run of another config (differs in {', '.join(diff)}); "
+                            "pass --out to train into a new folder")
         return
-    import torch
-
-    saved = torch.load(last, map_location="cpu", weights_only=False)["config"]
-    if saved != dict(config):
-        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-        raise UserError(f"{folder} holds a run of another config (differs in {', '.join(diff)}); "
-                        "pass --out to train into a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import UserError
 from .tasks import TASKS, get_task
-from .tasks.base import KeyType, _show
+from .tasks.base import KeyType, show_value
 
 STUDIES_DIR = Path("studies")
 
@@ -476,7 +476,7 @@ def parse_overrides(spec: StudySpec, items: list[str]) -> dict[str, Any]:
         if isinstance(param, CategoricalParam) and not any(
             type(value) is type(c) and value == c for c in param.choices
         ):
-            allowed = ", ".join(_show(c) for c in param.choices)
+            allowed = ", ".join(show_value(c) for c in param.choices)
             raise UserError(f"--set {key}={text}: {key} is searched over [{allowed}] in {spec.path}; "
                             f"pin it to one of those")
         if not types[key].accepts(value):
@@ -504,7 +504,7 @@ class _Validator:
         self.path = path
 
     def fail(self, key: str, value: Any, allowed: str, *, hint: str = "") -> None:
-        shown = _show(value) if not isinstance(value, str) or value.startswith("(") else repr(value)
+        shown = show_value(value) if not isinstance(value, str) or value.startswith("(") else repr(value)
         raise UserError(f"{self.path}: `{key}` must be {allowed}, got {shown}{hint}")
 
     def mapping(self, raw: Any, key: str) -> dict[str, Any]:

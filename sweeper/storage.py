@@ -84,22 +84,23 @@ def open_storage(url: str, heartbeat: HeartbeatSpec | None = None, *, retries: i
     else:
         engine_kwargs["pool_pre_ping"] = True
     hb = heartbeat or HeartbeatSpec()
+
+    def rdb() -> RDBStorage:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=hb.interval,
+            grace_period=hb.grace,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
+        )
+
     try:
-        for attempt in range(SCHEMA_RACE_RETRIES):
-            try:
-                return RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=hb.interval,
-                    grace_period=hb.grace,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries),
-                )
-            except sqlalchemy.exc.IntegrityError:
-                # two processes created the schema of a new database at once; the other
-                # one won, so opening again finds the tables in place
-                if attempt == SCHEMA_RACE_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return rdb()
+        except sqlalchemy.exc.IntegrityError:
+            # two processes created the schema of a new database at once; the other one
+            # won, so opening again finds the tables in place
+            return rdb()
     except ImportError as e:
         raise UserError(f"storage {url}: missing database driver ({e}); "
                         "for PostgreSQL install sweeper[postgres]") from None

@@ -135,11 +135,11 @@ def fit(
             loss = run.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grads = [p.grad for p in params if p.grad is not None]
             if clip_norm is not None:
                 # returns the norm before clipping: the monitor sees explosions clipping hides
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip_norm))
             else:
+                grads = [p.grad for p in params if p.grad is not None]
                 grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             if monitor is not None:
                 monitor.after_backward(loss.detach(), grad_norm.detach(), step=step)

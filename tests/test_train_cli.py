@@ -31,6 +31,7 @@ def test_train_reproduces_the_best_trial_and_resumes(workdir: Path, capsys: pyte
     # same seed, same data, same code on CPU: the very number the trial reported
     assert min(float(r["wer"]) for r in rows) == best.value
     assert f"done: best wer={best.value:.4f}" in out
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == doc["config"]
     for name in ("last.pt", "best.pt"):
         saved = torch.load(run_dir / name, weights_only=False)
         assert saved["config"] == doc["config"]  # each checkpoint holds its config

@@ -24,7 +24,7 @@ class KeyType:
 
     def describe(self) -> str:
         if self.choices is not None:
-            allowed = ", ".join(_show(c) for c in self.choices)
+            allowed = ", ".join(show_value(c) for c in self.choices)
         else:
             allowed = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false"}[self.kind]
         return f"{allowed} or null" if self.nullable else allowed
@@ -46,7 +46,8 @@ class KeyType:
         return isinstance(value, str)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as the YAML files write it (``null``, ``true``), for error messages."""
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
