@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
@@ -41,10 +42,16 @@ ARGS = ["run", "tiny", "--trials", "4", "--set", "epochs=4", "--no-progress"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+def _foreground_signals() -> None:
+    # as in a terminal's foreground job: a test runner started in the background (as CI
+    # may be) passes SIGINT on as ignored, and Python then never raises KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(workdir: Path) -> subprocess.Popen:  # type: ignore[type-arg]
     """The worker, as a user starts it, in its own process."""
     return subprocess.Popen(sweeper_cmd(*ARGS), cwd=workdir, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_foreground_signals)
 
 
 def _again(workdir: Path) -> subprocess.CompletedProcess[str]:
@@ -83,14 +90,15 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
-def test_ctrl_c_mid_trial_stops_cleanly_and_the_same_command_resumes(workdir: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_mid_trial_stops_cleanly_and_the_same_command_resumes(workdir: Path, sig: int) -> None:
     proc = _start(workdir)
 
     def mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
         return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
 
     _wait_for(mid_trial, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume with: sweeper run tiny --trials 4 --set epochs=4 --no-progress" in err
