@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/monitor_overhead.py
 	$(PY) bench/health_savings.py
+	$(PY) bench/report_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
