@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(export)
     export.add_argument("--top", type=int, default=1, help="also write results/NAME/top/K.yaml for the K best")
 
+    ablate = sub.add_parser("ablate", help="leave-one-out and leave-one-in runs between baseline and best, over seeds")
+    _study_args(ablate)
+    ablate.add_argument("--seeds", type=int, help="runs per cell (default: the file's ablation.seeds, else 3)")
+    ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     train = sub.add_parser("train", help="train an exported config through the same fit()")
     train.add_argument("config", help="a YAML written by `sweeper export`")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

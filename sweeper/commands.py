@@ -88,6 +88,41 @@ def cmd_export(args: argparse.Namespace, *, resume_argv: str) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace, *, resume_argv: str) -> int:
+    from .ablation import (
+        AblationSweep,
+        ablation_markdown,
+        ablation_table,
+        baseline_config,
+        design,
+        require_best,
+        write_ablation,
+    )
+    from .space import base_config
+
+    spec, storage, name = _load(args)
+    seeds = spec.ablation.seeds if args.seeds is None else args.seeds
+    if seeds < 1:
+        raise UserError(f"--seeds must be an integer >= 1, got {seeds}")
+    best = require_best(_existing(spec, storage, name), spec.direction)
+    baseline, source = baseline_config(spec, base_config(spec))
+    cells = design(baseline, best.user_attrs["config"])
+    folder = results_dir(spec, name)
+    sweep = AblationSweep(spec, cells, seeds, storage=storage, study_name=f"{name}-ablation", results=folder,
+                          progress=False if args.no_progress else None)
+    print(f"ablation of {name}: {len(cells)} cells x {seeds} seeds; best = trial {best.number}; baseline = {source}")
+    outcome = sweep.run()
+    table = ablation_table(outcome.study.get_trials(deepcopy=False), cells, seeds, spec.direction)
+    paths = write_ablation(table, ablation_markdown(table, spec, seeds, source), folder)
+    print("wrote " + ", ".join(map(str, paths)))
+    if outcome.interrupted:
+        print(f"interrupted: finished runs are kept; resume with: {resume_argv}", file=sys.stderr)
+        return 130
+    if outcome.stopped:
+        raise SweepFailed(f"ablation stopped: {outcome.stopped}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, *, resume_argv: str) -> int:
     tc = load_training_config(args.config, args.overrides)
     try:

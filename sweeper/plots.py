@@ -93,7 +93,7 @@ def _history(frame: pd.DataFrame, spec: StudySpec, palette: dict[str, str], path
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{spec.metric} (pruned: last reported)")
     ax.set_title(f"Optimization history: {spec.name}")
-    if len(frame):
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
     return _finish(fig, path)
 
@@ -140,7 +140,7 @@ def _metric_vs(frame: pd.DataFrame, spec: StudySpec, palette: dict[str, str], pa
     ax.set_xlabel(param)
     ax.set_ylabel(f"{spec.metric} (pruned: last reported)")
     ax.set_title(f"{spec.metric} against {param}: {spec.name}")
-    if len(frame):
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
     return _finish(fig, path)
 

@@ -129,6 +129,21 @@ class HealthSpec:
 
 
 @dataclass(frozen=True)
+class AblationSpec:
+    """The ``ablation:`` section: the baseline the best config is compared with."""
+
+    baseline: Mapping[str, Any] = field(default_factory=dict)
+    seeds: int = 3
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """The ``export:`` section: a command line template for the user's own training script."""
+
+    command: str | None = None
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study file."""
 
@@ -141,6 +156,8 @@ class StudySpec:
     pruner: PrunerSpec
     heartbeat: HeartbeatSpec
     health: HealthSpec
+    ablation: AblationSpec
+    export: ExportSpec
     storage: str | None
     fixed: Mapping[str, Any]
     params: Mapping[str, ParamSpec]
@@ -190,7 +207,7 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[str, Any, str]]] = {
 REQUIRED_PRUNER_OPTIONS = {"percentile": ("percentile",)}
 
 TOP_KEYS = ("name", "description", "task", "metric", "direction", "budget", "sampler", "pruner",
-            "heartbeat", "health", "storage", "fixed", "params")
+            "heartbeat", "health", "ablation", "export", "storage", "fixed", "params")
 
 
 # ---------------------------------------------------------------- loading
@@ -278,13 +295,16 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
     if budget.epochs is not None and "epochs" in params:
         v.fail("params.epochs", "(searched)", "not searched while `budget.epochs` is set")
 
+    ablation = _parse_ablation(v, doc.get("ablation", {}), types, fixed, params)
+    export = _parse_export(v, doc.get("export", {}), types, task_name)
+
     description = doc.get("description", "")
     if not isinstance(description, str):
         v.fail("description", description, "a string")
     return StudySpec(
         name=name, task=task_name, metric=metric, direction=direction, budget=budget, sampler=sampler,
-        pruner=pruner, heartbeat=heartbeat, health=health, storage=storage, fixed=fixed, params=params, path=path,
-        description=description,
+        pruner=pruner, heartbeat=heartbeat, health=health, ablation=ablation, export=export, storage=storage,
+        fixed=fixed, params=params, path=path, description=description,
     )
 
 
@@ -396,6 +416,42 @@ def _parse_health(v: _Validator, raw: Any) -> HealthSpec:
                                                      int: "an integer >= 0"}[kind])
         detectors[name] = opts
     return HealthSpec(enabled=enabled, check_every=check_every, diagnose_after=diagnose_after, detectors=detectors)
+
+
+def _parse_ablation(v: _Validator, raw: Any, types: Mapping[str, KeyType], fixed: Mapping[str, Any],
+                    params: Mapping[str, Any]) -> AblationSpec:
+    doc = v.mapping(raw, "ablation")
+    v.known_keys(doc, ("baseline", "seeds"), "ablation.")
+    seeds = doc.get("seeds", 3)
+    v.integer(seeds, "ablation.seeds", minimum=1)
+    baseline = v.mapping(doc.get("baseline", {}), "ablation.baseline")
+    in_study = sorted({*fixed, *params})
+    for key, value in baseline.items():
+        if key not in in_study:
+            hint = _did_you_mean(str(key), in_study)
+            raise UserError(f"{v.path}: `ablation.baseline.{key}` is not in the study{hint}; a baseline sets "
+                            f"searched or fixed parameters: {', '.join(in_study)}")
+        if not types[key].accepts(value):
+            v.fail(f"ablation.baseline.{key}", value, types[key].describe())
+    return AblationSpec(baseline=baseline, seeds=seeds)
+
+
+_PLACEHOLDER = re.compile(r"{([^{}:!]*)[^{}]*}")
+
+
+def _parse_export(v: _Validator, raw: Any, types: Mapping[str, KeyType], task: str) -> ExportSpec:
+    doc = v.mapping(raw, "export")
+    v.known_keys(doc, ("command",), "export.")
+    command = doc.get("command")
+    if command is None:
+        return ExportSpec()
+    if not isinstance(command, str) or not command.strip():
+        v.fail("export.command", command, "a command line with {param} placeholders")
+    for name in _PLACEHOLDER.findall(command):
+        if name not in types:
+            raise UserError(f"{v.path}: `export.command` uses {{{name}}}, which is not a key of task "
+                            f"{task}{_did_you_mean(name, types)}; known: {', '.join(sorted(types))}")
+    return ExportSpec(command=command)
 
 
 def _parse_param(v: _Validator, key: str, raw: Any, ktype: KeyType) -> ParamSpec:

@@ -118,7 +118,9 @@ def trial_line(t: FrozenTrial, spec: StudySpec) -> str:
     value = "-" if t.value is None else f"{t.value:.4f}"
     params = " ".join(f"{k}={_fmt(t.user_attrs.get('config', t.params).get(k))}" for k in spec.params)
     seconds = trial_seconds(t) or 0.0
-    line = f"trial {t.number:>4} {t.state.name:<8} {spec.metric}={value:<7} {params}  {seconds:5.1f}s"
+    cell = t.user_attrs.get("ablation.cell")
+    where = f"[{cell} seed {t.user_attrs.get('ablation.seed')}] " if cell is not None else ""
+    line = f"trial {t.number:>4} {t.state.name:<8} {where}{spec.metric}={value:<7} {params}  {seconds:5.1f}s"
     reason = t.user_attrs.get("health.reason")
     if reason:
         line += f"  [{reason}: {t.user_attrs.get('health.detail', '')}]"
@@ -189,7 +191,7 @@ class Sweep:
         n_before = 0 if existing is None else len(existing.get_trials(deepcopy=False))
         study = optuna.create_study(
             storage=storage, study_name=self.study_name, direction=self.spec.direction,
-            sampler=make_sampler(self.spec, seed_offset=n_before), pruner=make_pruner(self.spec),
+            sampler=self.make_sampler(n_before), pruner=self.make_pruner(),
             load_if_exists=True,
         )
         if existing is None:
@@ -206,7 +208,7 @@ class Sweep:
         for key in INHERITED_ATTRS:  # a retry copies the failed trial's attributes: start clean
             if trial.user_attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
-        config = trial_config(self.spec, trial, self.overrides)
+        config = self.trial_config(trial)
         trial.set_user_attr("config", config)
         reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type)
         monitor = self.monitor(config)
@@ -237,6 +239,19 @@ class Sweep:
         if math.isnan(result.best):
             raise ValueError(f"the run ended with {self.spec.metric}=nan")
         return result.best
+
+    def trial_config(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The config a trial trains: sampled from the space, with the ``--set`` overrides."""
+        return trial_config(self.spec, trial, self.overrides)
+
+    def before_trial(self, study: optuna.Study) -> None:
+        """Called before each trial is asked for (a subclass may enqueue trials here)."""
+
+    def make_sampler(self, seed_offset: int) -> optuna.samplers.BaseSampler:
+        return make_sampler(self.spec, seed_offset=seed_offset)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self.spec)
 
     def monitor(self, config: Mapping[str, Any]) -> HealthMonitor | None:
         h = self.spec.health
@@ -295,6 +310,7 @@ class Sweep:
                     # or for their heartbeat to go stale (then they are failed and retried)
                     time.sleep(self.spec.heartbeat.interval)
                     continue
+                self.before_trial(study)
                 study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[on_trial])
         except KeyboardInterrupt:
             outcome.interrupted = True

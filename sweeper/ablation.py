@@ -1,0 +1,195 @@
+"""Controlled ablation between a baseline config and the best config, over seeds.
+
+For every factor that differs: the best config with that factor put back to the
+baseline (leave-one-out) and the baseline with only that factor changed
+(leave-one-in), plus both endpoints, each over N seeds. The runs are trials of
+the Optuna study ``NAME-ablation`` in the study's storage, enqueued with stable
+cell ids, so a killed ablation resumes with the missing runs and a crashed run
+is run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import UserError
+from .report import md_table
+from .spec import StudySpec
+from .sweep import FINISHED, Sweep
+from .tasks.base import show_value
+
+CELL_ATTR = "ablation.cell"
+SEED_ATTR = "ablation.seed"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration of the ablation; ``id`` is stable across invocations."""
+
+    id: str
+    kind: str  # "best", "baseline", "leave-one-out" or "leave-one-in"
+    config: Mapping[str, Any]
+    factor: str | None = None
+    change: str = ""
+    same_as: str | None = None  # the cell whose runs this one shares (same config)
+
+    @property
+    def runs_of(self) -> str:
+        return self.same_as or self.id
+
+
+def design(baseline: Mapping[str, Any], best: Mapping[str, Any]) -> list[Cell]:
+    """The cells comparing ``baseline`` with ``best`` (seed excluded from the factors).
+
+    A cell whose config equals an earlier one shares that cell's runs instead of
+    running it twice (with two factors, leaving one out is leaving the other in).
+    """
+    factors = [k for k in best if k != "seed" and baseline.get(k) != best.get(k)]
+    cells = [Cell("best", "best", dict(best)), Cell("baseline", "baseline", dict(baseline))]
+    for f in factors:
+        change = f"{_short(best[f])} -> {_short(baseline[f])}"
+        cells.append(Cell(f"best-{f}", "leave-one-out", {**best, f: baseline[f]}, f, change))
+    for f in factors:
+        change = f"{_short(baseline[f])} -> {_short(best[f])}"
+        cells.append(Cell(f"baseline+{f}", "leave-one-in", {**baseline, f: best[f]}, f, change))
+    out: list[Cell] = []
+    for cell in cells:
+        twin = next((c for c in out if c.same_as is None and _same(cell.config, c.config)), None)
+        out.append(cell if twin is None else dataclasses.replace(cell, same_as=twin.id))
+    return out
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else show_value(value)
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return {k: v for k, v in a.items() if k != "seed"} == {k: v for k, v in b.items() if k != "seed"}
+
+
+class AblationSweep(Sweep):
+    """Runs every (cell, seed) once, through the sweep loop (budget, heartbeats, retries)."""
+
+    def __init__(self, spec: StudySpec, cells: Sequence[Cell], seeds: int, *, storage: str,
+                 study_name: str, results: Path, **kwargs: Any) -> None:
+        # a configuration that is sick is sick in every run: no bug diagnosis, no performance pruning
+        quiet = dataclasses.replace(spec, health=dataclasses.replace(spec.health, diagnose_after=0))
+        distinct = sum(1 for c in cells if c.same_as is None)
+        super().__init__(quiet, storage=storage, study_name=study_name, trials=distinct * seeds, **kwargs)
+        self.cells = list(cells)
+        self.seeds = seeds
+        self.results = results  # beside the study's own results, not in a folder of its own
+
+    def trial_config(self, trial: optuna.Trial) -> dict[str, Any]:
+        return dict(trial.user_attrs["config"])
+
+    def make_sampler(self, seed_offset: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=0)  # every trial is enqueued: nothing is sampled
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return optuna.pruners.NopPruner()
+
+    def before_trial(self, study: optuna.Study) -> None:
+        """Enqueue the runs that are neither finished, running nor queued (a crashed run counts as missing)."""
+        have = {(t.user_attrs.get(CELL_ATTR), t.user_attrs.get(SEED_ATTR))
+                for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING, TrialState.WAITING))}
+        for cell in self.cells:
+            if cell.same_as is not None:
+                continue
+            for seed in range(self.seeds):
+                if (cell.id, seed) not in have:
+                    study.enqueue_trial({}, user_attrs={CELL_ATTR: cell.id, SEED_ATTR: seed,
+                                                        "config": {**cell.config, "seed": seed}})
+                    return  # one at a time: the next iteration sees what this one queued
+
+
+def ablation_table(trials: Sequence[FrozenTrial], cells: Sequence[Cell], seeds: int, direction: str) -> pd.DataFrame:
+    """Per cell: runs, health-pruned, mean +/- std, 95% CI, difference to best and paired p-value."""
+    from scipy import stats
+
+    by_cell: dict[str, dict[int, FrozenTrial]] = {}
+    for t in trials:
+        if t.state in FINISHED and t.user_attrs.get(CELL_ATTR) is not None:
+            by_cell.setdefault(t.user_attrs[CELL_ATTR], {})[int(t.user_attrs[SEED_ATTR])] = t
+
+    def values(cell_id: str) -> dict[int, float]:
+        return {s: t.value for s, t in by_cell.get(cell_id, {}).items()
+                if t.state == TrialState.COMPLETE and t.value is not None and s < seeds}
+
+    best = values("best")
+    rows = []
+    for cell in cells:
+        v = values(cell.runs_of)
+        arr = np.array(list(v.values()), dtype=float)
+        n = len(arr)
+        mean = float(arr.mean()) if n else math.nan
+        std = float(arr.std(ddof=1)) if n >= 2 else math.nan
+        half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n >= 2 else math.nan
+        paired = sorted(set(v) & set(best))
+        diffs = np.array([v[s] - best[s] for s in paired])
+        diff = float(diffs.mean()) if len(diffs) else math.nan
+        p = math.nan
+        if cell.id != "best" and len(diffs) >= 2 and np.any(diffs != 0):
+            p = float(stats.ttest_rel([v[s] for s in paired], [best[s] for s in paired]).pvalue)
+        finished = by_cell.get(cell.runs_of, {})
+        rows.append({
+            "cell": cell.id, "kind": cell.kind + (f" (runs of {cell.same_as})" if cell.same_as else ""),
+            "change": cell.change,
+            "runs": len([s for s in finished if s < seeds]),
+            "health-pruned": sum(1 for s, t in finished.items() if s < seeds and t.state == TrialState.PRUNED
+                                 and t.user_attrs.get("health.reason") not in (None, "underperforming")),
+            "mean": mean, "std": std, "ci95 low": mean - half, "ci95 high": mean + half,
+            "diff to best": diff, "p (paired by seed)": p,
+        })
+    return pd.DataFrame(rows)
+
+
+def ablation_markdown(table: pd.DataFrame, spec: StudySpec, seeds: int, baseline_source: str) -> str:
+    return "\n".join([
+        f"# Ablation of `{spec.name}`",
+        "",
+        f"Baseline: {baseline_source}. Best: the study's best trial. Each cell ran with seeds 0-{seeds - 1}; "
+        f"`{spec.metric}` is {'lower' if spec.direction == 'minimize' else 'higher'} = better. "
+        "`diff to best` is the mean over seeds of (cell - best), paired by seed; `p` is a paired t-test. "
+        "Leave-one-out puts one factor of the best config back to the baseline; leave-one-in changes only "
+        "that factor of the baseline.",
+        "",
+        md_table(table),
+        "",
+    ])
+
+
+def baseline_config(spec: StudySpec, base: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The ablation baseline: the fixed defaults, with ``ablation.baseline`` on top."""
+    config = {**base, **spec.ablation.baseline}
+    source = ("`ablation.baseline` in the study file (" + ", ".join(
+        f"{k}={show_value(v)}" for k, v in spec.ablation.baseline.items()) + ") over the fixed defaults"
+              if spec.ablation.baseline else "the study's fixed values and the task's defaults")
+    return config, source
+
+
+def write_ablation(table: pd.DataFrame, markdown: str, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = folder / "ablation.csv", folder / "ablation.md"
+    table.to_csv(csv_path, index=False)
+    md_path.write_text(markdown)
+    return [csv_path, md_path]
+
+
+def require_best(study: optuna.Study, direction: str) -> FrozenTrial:
+    from .export import best_trials
+
+    best = best_trials(study, direction)
+    if not best:
+        raise UserError(f"study {study.study_name!r} has no completed trial: there is no best config to ablate")
+    return best[0]

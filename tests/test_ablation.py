@@ -1,0 +1,175 @@
+"""Ablation: the design, the statistics, resume after a kill, crashed runs, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+import sweeper.sweep as sweep_module
+from sweeper.ablation import CELL_ATTR, SEED_ATTR, ablation_table, design
+from sweeper.cli import main
+
+from .conftest import tree
+
+BASE = {"lr": 1e-3, "dropout": 0.0, "clip_norm": 1.0, "seed": 0, "epochs": 2}
+BEST = {"lr": 5e-3, "dropout": 0.2, "clip_norm": 1.0, "seed": 0, "epochs": 2}
+
+
+def test_design_has_endpoints_leave_one_out_and_in() -> None:
+    cells = {c.id: c for c in design(BASE, BEST)}
+    assert list(cells) == ["best", "baseline", "best-lr", "best-dropout", "baseline+lr", "baseline+dropout"]
+    # with two factors, leaving one in is leaving the other out: same config, run once
+    assert cells["baseline+lr"].same_as == "best-dropout" and cells["baseline+dropout"].same_as == "best-lr"
+    assert [c.id for c in cells.values() if c.same_as is None] == ["best", "baseline", "best-lr", "best-dropout"]
+    assert cells["best-lr"].config == {**BEST, "lr": 1e-3} and cells["best-lr"].kind == "leave-one-out"
+    assert cells["baseline+dropout"].config == {**BASE, "dropout": 0.2}
+    assert cells["best-lr"].change == "0.005 -> 0.001"
+    assert "clip_norm" not in " ".join(cells)  # equal in both: not a factor (nor is seed)
+
+
+def test_design_with_one_factor_runs_no_config_twice() -> None:
+    cells = {c.id: c for c in design(BASE, {**BASE, "lr": 5e-3})}
+    assert cells["best-lr"].same_as == "baseline" and cells["baseline+lr"].same_as == "best"
+
+
+def test_design_with_three_factors_runs_eight_configs() -> None:
+    best3 = {**BEST, "clip_norm": None}
+    cells = design(BASE, best3)
+    assert len(cells) == 8 and all(c.same_as is None for c in cells)
+
+
+def _trial(cell: str, seed: int, value: float | None, state: TrialState = TrialState.COMPLETE,
+           reason: str | None = None) -> optuna.trial.FrozenTrial:
+    attrs: dict[str, Any] = {CELL_ATTR: cell, SEED_ATTR: seed}
+    if reason:
+        attrs["health.reason"] = reason
+    return optuna.trial.create_trial(state=state, value=value, user_attrs=attrs)
+
+
+def test_table_statistics_paired_by_seed() -> None:
+    cells = design(BASE, BEST)
+    trials = [_trial("best", s, v) for s, v in enumerate([0.10, 0.12, 0.11])]
+    trials += [_trial("baseline", s, v) for s, v in enumerate([0.30, 0.33, 0.30])]
+    trials += [_trial("best-lr", s, v) for s, v in enumerate([0.11, 0.12, 0.12])]
+    trials += [_trial("best-dropout", 0, None, TrialState.PRUNED, "grad_explosion"), _trial("best-dropout", 1, 0.2)]
+    table = ablation_table(trials, cells, 3, "minimize").set_index("cell")
+    assert table.loc["baseline+lr", "mean"] == 0.2  # shares the runs of best-dropout
+    assert table.loc["baseline+lr", "kind"] == "leave-one-in (runs of best-dropout)"
+    assert table.loc["best", "mean"] == pytest.approx(0.11) and table.loc["best", "std"] == pytest.approx(0.01)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t(0.975, 2)
+    assert table.loc["best", "ci95 low"] == pytest.approx(0.11 - half)
+    assert table.loc["baseline", "diff to best"] == pytest.approx(0.20)
+    from scipy import stats
+
+    p = stats.ttest_rel([0.30, 0.33, 0.30], [0.10, 0.12, 0.11]).pvalue
+    assert table.loc["baseline", "p (paired by seed)"] == pytest.approx(p)
+    assert math.isnan(table.loc["best", "p (paired by seed)"])
+    assert table.loc["best-dropout", "runs"] == 2 and table.loc["best-dropout", "health-pruned"] == 1
+    assert table.loc["best-dropout", "mean"] == 0.2 and math.isnan(table.loc["best-dropout", "std"])
+    assert table.loc["baseline+dropout", "runs"] == 3  # the runs of best-lr
+
+
+ABLATION = """
+ablation:
+  seeds: 2
+  baseline: {lr: 0.001, dropout: 0.0}
+"""
+
+
+def _ablation_trials(workdir: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="tiny-ablation", storage="sqlite:///results/tiny/study.db").get_trials()
+
+
+def test_ablation_killed_midway_resumes_with_only_the_missing_runs(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = workdir / "studies" / "tiny.yaml"
+    spec.write_text(spec.read_text() + ABLATION)
+    assert main(["run", "tiny", "--trials", "2", "--set", "epochs=1", "--no-progress"]) == 0
+    real_fit = sweep_module.fit
+    calls: list[dict[str, Any]] = []
+    interrupted: list[bool] = []
+
+    def fit(config: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(dict(config))
+        if len(calls) == 5 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # Ctrl-C in the fifth run, once
+        return real_fit(config, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "fit", fit)
+    assert main(["ablate", "tiny", "--no-progress"]) == 130
+    assert "resume with: sweeper ablate tiny --no-progress" in capsys.readouterr().err
+    done_before = {(t.user_attrs[CELL_ATTR], t.user_attrs[SEED_ATTR]) for t in _ablation_trials(workdir)
+                   if t.state == TrialState.COMPLETE}
+    assert len(done_before) == 4
+
+    calls.clear()
+    assert main(["ablate", "tiny", "--no-progress"]) == 0
+    trials = _ablation_trials(workdir)
+    done = [(t.user_attrs[CELL_ATTR], t.user_attrs[SEED_ATTR]) for t in trials if t.state == TrialState.COMPLETE]
+    table = pd.read_csv(workdir / "results/tiny/ablation.csv").set_index("cell")
+    n_cells = int((~table["kind"].str.contains("runs of")).sum())  # distinct configs
+    assert len(done) == len(set(done)) == n_cells * 2  # every (cell, seed) run exactly once
+    assert len(calls) == n_cells * 2 - 4  # the second call ran only the missing runs
+    assert (table["runs"] == 2).all()
+    assert {"best", "baseline", "best-lr", "best-dropout", "baseline+lr", "baseline+dropout"} <= set(table.index)
+    md = (workdir / "results/tiny/ablation.md").read_text()
+    assert "| cell | kind | change | runs | health-pruned | mean | std | ci95 low | ci95 high |" in md
+    # the runs really used their cell's config and seed
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["config"]["seed"] == t.user_attrs[SEED_ATTR]
+            if t.user_attrs[CELL_ATTR] == "baseline":
+                assert t.user_attrs["config"]["lr"] == 0.001 and t.user_attrs["config"]["dropout"] == 0.0
+
+
+def test_a_crashed_run_is_run_again(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = workdir / "studies" / "tiny.yaml"
+    spec.write_text(spec.read_text() + ABLATION.replace("seeds: 2", "seeds: 1"))
+    assert main(["run", "tiny", "--trials", "2", "--set", "epochs=1", "--no-progress"]) == 0
+    real_fit = sweep_module.fit
+    calls: list[int] = []
+
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "fit", fit)
+    assert main(["ablate", "tiny", "--no-progress"]) == 0
+    trials = _ablation_trials(workdir)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1
+    again = [t for t in trials if t.state == TrialState.COMPLETE
+             and t.user_attrs[CELL_ATTR] == failed[0].user_attrs[CELL_ATTR]]
+    assert len(again) == 1
+
+
+def test_baseline_key_not_in_the_study_exits_2(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = workdir / "studies" / "tiny.yaml"
+    spec.write_text(spec.read_text() + "ablation:\n  baseline: {momentum: 0.9}\n")
+    before = tree(workdir)
+    assert main(["ablate", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "`ablation.baseline.momentum` is not in the study" in err[0]
+    assert tree(workdir) == before
+
+
+def test_ablation_without_a_completed_trial_exits_2(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("nope")
+
+    monkeypatch.setattr(sweep_module, "fit", broken)
+    main(["run", "tiny", "--trials", "5", "--no-progress"])
+    capsys.readouterr()
+    assert main(["ablate", "tiny"]) == 2
+    assert "has no completed trial: there is no best config to ablate" in capsys.readouterr().err
