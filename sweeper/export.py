@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import shlex
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import __version__
 from .errors import UserError
 from .spec import StudySpec
+from .tasks.base import show_value
 
 
 def code_version() -> str:
@@ -35,9 +37,15 @@ def best_trials(study: optuna.Study, direction: str, k: int = 1) -> list[FrozenT
     return done[:k]
 
 
+def fill_command(template: str, config: Mapping[str, Any]) -> str:
+    """``export.command`` with every ``{key}`` replaced by the config's value, written as
+    in YAML (``null``, ``true``) and shell-quoted where it needs to be."""
+    return template.format_map({k: shlex.quote(show_value(v)) for k, v in config.items()})
+
+
 def training_config(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[str, Any]:
-    """The document ``sweeper train`` reads: task, full config, provenance."""
-    return {
+    """The document ``sweeper train`` reads: task, full config, provenance (and the filled command)."""
+    doc: dict[str, Any] = {
         "task": spec.task,
         "metric": spec.metric,
         "direction": spec.direction,
@@ -52,6 +60,9 @@ def training_config(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, st
             "exported": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     }
+    if spec.export.command:
+        doc["command"] = fill_command(spec.export.command, doc["config"])
+    return doc
 
 
 def export_best(spec: StudySpec, study: optuna.Study, folder: Path, storage: str, *, top: int = 1) -> list[Path]:
@@ -60,7 +71,11 @@ def export_best(spec: StudySpec, study: optuna.Study, folder: Path, storage: str
     if not trials:
         raise UserError(f"study {study.study_name!r} has no completed trial to export yet")
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [_write(folder / "best.yaml", training_config(spec, study, trials[0], storage))]
+    best = training_config(spec, study, trials[0], storage)
+    paths = [_write(folder / "best.yaml", best)]
+    if "command" in best:
+        (folder / "best.command").write_text(best["command"] + "\n")
+        paths.append(folder / "best.command")
     if top > 1:
         (folder / "top").mkdir(exist_ok=True)
         for rank, t in enumerate(trials, 1):

@@ -55,3 +55,28 @@ def test_train_rejects_a_bad_config(workdir: Path, capsys: pytest.CaptureFixture
     assert main(["train", str(path)]) == 2
     assert "unknown key `config.lrate`" in capsys.readouterr().err
     assert not (workdir / "bad.run").exists()
+
+
+def test_export_fills_the_command_template_and_writes_top_k(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = workdir / "studies" / "tiny.yaml"
+    template = "python train.py --lr {lr} --clip {clip_norm} --bs {batch_size}"
+    spec.write_text(spec.read_text() + f'export:\n  command: "{template}"\n')
+    assert main(["run", "tiny", "--trials", "3", "--set", "epochs=1", "--no-progress"]) == 0
+    assert main(["export", "tiny", "--top", "2"]) == 0
+    folder = workdir / "results" / "tiny"
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    c = best["config"]
+    expected = f"python train.py --lr {c['lr']} --clip {'null' if c['clip_norm'] is None else c['clip_norm']} --bs 32"
+    assert best["command"] == expected
+    assert (folder / "best.command").read_text() == expected + "\n"
+    top = [yaml.safe_load((folder / "top" / f"{k}.yaml").read_text()) for k in (1, 2)]
+    assert top[0]["config"] == best["config"]
+    assert top[0]["provenance"]["value"] <= top[1]["provenance"]["value"]
+    assert "best.command" in capsys.readouterr().out
+
+
+def test_export_template_with_an_unknown_key_exits_2(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = workdir / "studies" / "tiny.yaml"
+    spec.write_text(spec.read_text() + 'export:\n  command: "python train.py --learning-rate {learning_rate}"\n')
+    assert main(["export", "tiny"]) == 2
+    assert "`export.command` uses {learning_rate}, which is not a key of task ctc_digits" in capsys.readouterr().err
