@@ -14,7 +14,7 @@ from .report import write_results
 from .run_config import load_training_config, train_config
 from .spec import StudySpec, load_spec, parse_overrides
 from .storage import check_storage, open_storage
-from .sweep import Sweep, results_dir, state_counts
+from .sweep import Sweep, SweepOutcome, results_dir, state_counts
 
 
 def _load(args: argparse.Namespace) -> tuple[StudySpec, str, str]:
@@ -43,11 +43,16 @@ def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
     if best_trials(outcome.study, spec.direction):
         export_best(spec, outcome.study, folder, storage)
     print(_status_line(outcome.study, spec, sweep.budget) + f"; results in {folder}/")
+    return _exit_code(outcome, resume_argv, what="sweep", see=f"{folder}/trials.csv")
+
+
+def _exit_code(outcome: SweepOutcome, resume_argv: str, *, what: str, see: str) -> int:
+    """130 after an interrupt (with the command that resumes), 1 if the run was stopped, else 0."""
     if outcome.interrupted:
-        print(f"interrupted: finished trials are kept; resume with: {resume_argv}", file=sys.stderr)
+        print(f"interrupted: finished runs are kept; resume with: {resume_argv}", file=sys.stderr)
         return 130
     if outcome.stopped:
-        raise SweepFailed(f"sweep stopped: {outcome.stopped}; see the trial lines above and {folder}/trials.csv")
+        raise SweepFailed(f"{what} stopped: {outcome.stopped}; see the trial lines above and {see}")
     return 0
 
 
@@ -115,12 +120,7 @@ def cmd_ablate(args: argparse.Namespace, *, resume_argv: str) -> int:
     table = ablation_table(outcome.study.get_trials(deepcopy=False), cells, seeds, spec.direction)
     paths = write_ablation(table, ablation_markdown(table, spec, seeds, source), folder)
     print("wrote " + ", ".join(map(str, paths)))
-    if outcome.interrupted:
-        print(f"interrupted: finished runs are kept; resume with: {resume_argv}", file=sys.stderr)
-        return 130
-    if outcome.stopped:
-        raise SweepFailed(f"ablation stopped: {outcome.stopped}")
-    return 0
+    return _exit_code(outcome, resume_argv, what="ablation", see=str(paths[0]))
 
 
 def cmd_train(args: argparse.Namespace, *, resume_argv: str) -> int:

@@ -93,3 +93,22 @@ def test_real_command_line_bad_input(workdir: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["sweeper: error: --set dropout=lots: dropout must be a number"]
     assert not (workdir / "results").exists()
+
+
+def test_export_of_a_study_with_no_completed_trial_exits_2(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import sweeper.sweep as sweep_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("broken trainer")
+
+    monkeypatch.setattr(sweep_module, "fit", broken)
+    assert main(["run", "tiny", "--trials", "5", "--no-progress"]) == 1  # the failure-rate stop
+    capsys.readouterr()
+    before = tree(workdir)
+    assert main(["export", "tiny"]) == 2
+    assert capsys.readouterr().err.strip() == "sweeper: error: study 'tiny' has no completed trial to export yet"
+    assert tree(workdir) == before
+    assert main(["report", "tiny"]) == 0  # a report still works, and says so plainly
+    assert "no completed trial yet" in capsys.readouterr().err
+    assert "No trial has completed yet" in (workdir / "results" / "tiny" / "summary.md").read_text()
