@@ -31,9 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="create or resume a study and run it to its trial budget")
     _study_args(run)
     run.add_argument("--trials", type=int, help="the study's total budget of finished trials")
+    run.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study (default 1)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a fixed parameter or pin a searched one (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    worker = sub.add_parser("worker", help="join a study from any machine (same as run, --storage required)")
+    worker.add_argument("study", help="a name under studies/ or a path to a study YAML file")
+    worker.add_argument("--storage", required=True, help="the shared storage URL, e.g. postgresql://host/db")
+    worker.add_argument("--study-name", help="name of the study in the storage (default: the file's `name`)")
+    worker.add_argument("--trials", type=int, help="the study's total budget of finished trials")
+    worker.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    worker.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    worker.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     status = sub.add_parser("status", help="trials by state and the best trial")
     _study_args(status)

@@ -35,8 +35,12 @@ def _existing(spec: StudySpec, storage: str, name: str) -> optuna.Study:
 def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
     spec, storage, name = _load(args)
     overrides = parse_overrides(spec, args.overrides)
-    sweep = Sweep(spec, overrides=overrides, storage=storage, study_name=name, trials=args.trials,
-                  progress=False if args.no_progress else None)
+    if args.workers < 1:
+        raise UserError(f"--workers must be an integer >= 1, got {args.workers}")
+    progress = False if args.no_progress else None
+    sweep = Sweep(spec, overrides=overrides, storage=storage, study_name=name, trials=args.trials, progress=progress)
+    if args.workers > 1:
+        return _run_workers(args, spec, storage, name, overrides, sweep, resume_argv)
     outcome = sweep.run()
     folder = results_dir(spec, name)
     write_results(outcome.study, spec, folder)
@@ -44,6 +48,28 @@ def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
         export_best(spec, outcome.study, folder, storage)
     print(_status_line(outcome.study, spec, sweep.budget) + f"; results in {folder}/")
     return _exit_code(outcome, resume_argv, what="sweep", see=f"{folder}/trials.csv")
+
+
+def _run_workers(args: argparse.Namespace, spec: StudySpec, storage: str, name: str, overrides: dict[str, object],
+                 sweep: Sweep, resume_argv: str) -> int:
+    from .workers import INTERRUPTED, run_workers
+
+    sweep.check()
+    open_storage(storage, spec.heartbeat, retries=spec.budget.retries)  # created once, before the workers race
+    codes = run_workers(args.workers, spec.path, overrides, storage, name, args.trials,
+                        False if args.no_progress else None)
+    study = _existing(spec, storage, name)
+    folder = results_dir(spec, name)
+    write_results(study, spec, folder)
+    if best_trials(study, spec.direction):
+        export_best(spec, study, folder, storage)
+    print(_status_line(study, spec, sweep.budget) + f"; {args.workers} workers; results in {folder}/")
+    if INTERRUPTED in codes:
+        print(f"interrupted: finished trials are kept; resume with: {resume_argv}", file=sys.stderr)
+        return INTERRUPTED
+    if any(codes):
+        raise SweepFailed(f"workers ended with exit codes {codes}; see their lines above")
+    return 0
 
 
 def _exit_code(outcome: SweepOutcome, resume_argv: str, *, what: str, see: str) -> int:
@@ -146,3 +172,7 @@ def cmd_dashboard(args: argparse.Namespace, *, resume_argv: str) -> int:
     return 0
 
 
+
+
+# `sweeper worker` is `sweeper run` on a storage every machine reaches (the parser requires --storage)
+cmd_worker = cmd_run

@@ -16,6 +16,7 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from .budget_lock import BudgetLock
 from .errors import SweepFailed, UserError
 from .health import HealthMonitor, HealthPruned, diagnose
 from .health.detectors import merge_options
@@ -156,6 +157,7 @@ class Sweep:
         trials: int | None = None,
         out: TextIO | None = None,
         progress: bool | None = None,
+        worker: int = 0,
     ) -> None:
         self.spec = spec
         self.overrides = dict(overrides or {})
@@ -168,7 +170,9 @@ class Sweep:
         self.out = out
         self.progress = progress
         self.results = results_dir(spec, study_name)
+        self.worker = worker
         self._current_trial_id: int | None = None
+        self._lock: BudgetLock | None = None
 
     # -- setup
 
@@ -191,7 +195,8 @@ class Sweep:
         n_before = 0 if existing is None else len(existing.get_trials(deepcopy=False))
         study = optuna.create_study(
             storage=storage, study_name=self.study_name, direction=self.spec.direction,
-            sampler=self.make_sampler(n_before), pruner=self.make_pruner(),
+            # workers get their own seeds: the same seed would propose the same points
+            sampler=self.make_sampler(n_before + 7919 * self.worker), pruner=self.make_pruner(),
             load_if_exists=True,
         )
         if existing is None:
@@ -204,6 +209,8 @@ class Sweep:
     # -- the trial
 
     def objective(self, trial: optuna.Trial) -> float:
+        if self._lock is not None:
+            self._lock.release()  # the trial is RUNNING in the storage: the budget count may go on
         self._current_trial_id = trial._trial_id
         for key in INHERITED_ATTRS:  # a retry copies the failed trial's attributes: start clean
             if trial.user_attrs.get(key) is not None:
@@ -266,6 +273,7 @@ class Sweep:
 
     def run(self) -> SweepOutcome:
         study = self.open()
+        self._lock = BudgetLock(self.storage_url, self.study_name)
         outcome = SweepOutcome(study=study)
         bar = _progress_bar(self.budget, len(study.get_trials(deepcopy=False, states=FINISHED)), self.progress)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=self.spec.budget.retries)
@@ -300,18 +308,28 @@ class Sweep:
                 if outcome.ran >= FAILURE_LIMIT_MIN_TRIALS and failures * 2 > outcome.ran:
                     outcome.stopped = f"{failures} of {outcome.ran} trials failed"
                     break
-                optuna.storages.fail_stale_trials(study)
-                finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-                if finished >= self.budget:
-                    break
-                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                if finished + running >= self.budget:
+                # count and claim under the lock every worker of this storage shares; the
+                # objective releases it as soon as its trial is RUNNING
+                self._lock.acquire()
+                try:
+                    optuna.storages.fail_stale_trials(study)
+                    # one read for both counts: between two reads a trial could go from RUNNING to
+                    # COMPLETE and be in neither, and another worker would start a trial too many
+                    states = [t.state for t in study.get_trials(deepcopy=False)]
+                    finished = sum(s in FINISHED for s in states)
+                    if finished >= self.budget:
+                        break
+                    running = states.count(TrialState.RUNNING)
+                    in_flight = finished + running >= self.budget
+                    if not in_flight:
+                        self.before_trial(study)
+                        study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[on_trial])
+                finally:
+                    self._lock.release()
+                if in_flight:
                     # the rest of the budget is in flight: wait for those trials to finish,
                     # or for their heartbeat to go stale (then they are failed and retried)
                     time.sleep(self.spec.heartbeat.interval)
-                    continue
-                self.before_trial(study)
-                study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[on_trial])
         except KeyboardInterrupt:
             outcome.interrupted = True
             if main_thread:
@@ -322,6 +340,7 @@ class Sweep:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous[0])
                 signal.signal(signal.SIGINT, previous[1])
+        self._lock.close()
         outcome.counts = state_counts(study)
         return outcome
 
