@@ -21,10 +21,12 @@ STAMP       := $(VENV)/.installed
 STUDY   ?= ctc_baseline
 TRIALS  ?=
 STORAGE ?=
+WORKERS ?=
 CONFIG  ?= results/$(STUDY)/best.yaml
 ARGS    ?=
 
-RUN_FLAGS = $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
+RUN_FLAGS = $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS)) \
+            $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 .PHONY: setup sweep test test-all lint report export status train dashboard bench clean
 
@@ -73,6 +75,7 @@ bench: $(STAMP)
 	$(PY) bench/monitor_overhead.py
 	$(PY) bench/health_savings.py
 	$(PY) bench/report_speed.py
+	$(PY) bench/workers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
