@@ -26,7 +26,7 @@ from .errors import UserError
 from .report import md_table
 from .spec import StudySpec
 from .sweep import FINISHED, Sweep
-from .tasks.base import show_value
+from .tasks.base import format_value, show_value
 
 CELL_ATTR = "ablation.cell"
 SEED_ATTR = "ablation.seed"
@@ -57,20 +57,16 @@ def design(baseline: Mapping[str, Any], best: Mapping[str, Any]) -> list[Cell]:
     factors = [k for k in best if k != "seed" and baseline.get(k) != best.get(k)]
     cells = [Cell("best", "best", dict(best)), Cell("baseline", "baseline", dict(baseline))]
     for f in factors:
-        change = f"{_short(best[f])} -> {_short(baseline[f])}"
+        change = f"{format_value(best[f])} -> {format_value(baseline[f])}"
         cells.append(Cell(f"best-{f}", "leave-one-out", {**best, f: baseline[f]}, f, change))
     for f in factors:
-        change = f"{_short(baseline[f])} -> {_short(best[f])}"
+        change = f"{format_value(baseline[f])} -> {format_value(best[f])}"
         cells.append(Cell(f"baseline+{f}", "leave-one-in", {**baseline, f: best[f]}, f, change))
     out: list[Cell] = []
     for cell in cells:
         twin = next((c for c in out if c.same_as is None and _same(cell.config, c.config)), None)
         out.append(cell if twin is None else dataclasses.replace(cell, same_as=twin.id))
     return out
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else show_value(value)
 
 
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

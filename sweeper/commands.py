@@ -42,12 +42,23 @@ def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
     if args.workers > 1:
         return _run_workers(args, spec, storage, name, overrides, sweep, resume_argv)
     outcome = sweep.run()
-    folder = results_dir(spec, name)
-    write_results(outcome.study, spec, folder)
-    if best_trials(outcome.study, spec.direction):
-        export_best(spec, outcome.study, folder, storage)
-    print(_status_line(outcome.study, spec, sweep.budget) + f"; results in {folder}/")
+    folder = _finish(outcome.study, spec, storage, name, sweep.budget)
     return _exit_code(outcome, resume_argv, what="sweep", see=f"{folder}/trials.csv")
+
+
+def _finish(study: optuna.Study, spec: StudySpec, storage: str, name: str, budget: int, note: str = "") -> str:
+    """Write the results and best.yaml, print the status line; return the results folder."""
+    folder = results_dir(spec, name)
+    write_results(study, spec, folder)
+    if best_trials(study, spec.direction):
+        export_best(spec, study, folder, storage)
+    print(_status_line(study, spec, budget) + f"{note}; results in {folder}/")
+    return str(folder)
+
+
+def _interrupted(resume_argv: str) -> int:
+    print(f"interrupted: finished runs are kept; resume with: {resume_argv}", file=sys.stderr)
+    return 130
 
 
 def _run_workers(args: argparse.Namespace, spec: StudySpec, storage: str, name: str, overrides: dict[str, object],
@@ -56,17 +67,10 @@ def _run_workers(args: argparse.Namespace, spec: StudySpec, storage: str, name: 
 
     sweep.check()
     open_storage(storage, spec.heartbeat, retries=spec.budget.retries)  # created once, before the workers race
-    codes = run_workers(args.workers, spec.path, overrides, storage, name, args.trials,
-                        False if args.no_progress else None)
-    study = _existing(spec, storage, name)
-    folder = results_dir(spec, name)
-    write_results(study, spec, folder)
-    if best_trials(study, spec.direction):
-        export_best(spec, study, folder, storage)
-    print(_status_line(study, spec, sweep.budget) + f"; {args.workers} workers; results in {folder}/")
+    codes = run_workers(args.workers, spec.path, overrides, storage, name, args.trials, sweep.progress)
+    _finish(_existing(spec, storage, name), spec, storage, name, sweep.budget, f"; {args.workers} workers")
     if INTERRUPTED in codes:
-        print(f"interrupted: finished trials are kept; resume with: {resume_argv}", file=sys.stderr)
-        return INTERRUPTED
+        return _interrupted(resume_argv)
     if any(codes):
         raise SweepFailed(f"workers ended with exit codes {codes}; see their lines above")
     return 0
@@ -75,8 +79,7 @@ def _run_workers(args: argparse.Namespace, spec: StudySpec, storage: str, name: 
 def _exit_code(outcome: SweepOutcome, resume_argv: str, *, what: str, see: str) -> int:
     """130 after an interrupt (with the command that resumes), 1 if the run was stopped, else 0."""
     if outcome.interrupted:
-        print(f"interrupted: finished runs are kept; resume with: {resume_argv}", file=sys.stderr)
-        return 130
+        return _interrupted(resume_argv)
     if outcome.stopped:
         raise SweepFailed(f"{what} stopped: {outcome.stopped}; see the trial lines above and {see}")
     return 0

@@ -24,7 +24,7 @@ from .space import trial_config
 from .spec import StudySpec
 from .storage import check_writable, open_storage, sqlite_path
 from .tasks import get_task
-from .tasks.base import EvalResult
+from .tasks.base import EvalResult, format_value
 from .train import fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -117,7 +117,7 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
 def trial_line(t: FrozenTrial, spec: StudySpec) -> str:
     """One progress line: number, state, metric, key params, pruning reason, seconds."""
     value = "-" if t.value is None else f"{t.value:.4f}"
-    params = " ".join(f"{k}={_fmt(t.user_attrs.get('config', t.params).get(k))}" for k in spec.params)
+    params = " ".join(f"{k}={format_value(t.user_attrs.get('config', t.params).get(k))}" for k in spec.params)
     seconds = trial_seconds(t) or 0.0
     cell = t.user_attrs.get("ablation.cell")
     where = f"[{cell} seed {t.user_attrs.get('ablation.seed')}] " if cell is not None else ""
@@ -134,14 +134,6 @@ def trial_seconds(t: FrozenTrial) -> float | None:
     if t.datetime_complete is None or t.datetime_start is None:
         return None
     return (t.datetime_complete - t.datetime_start).total_seconds()
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "off"
-    if isinstance(v, float):
-        return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.1e}"
-    return str(v)
 
 
 class Sweep:
@@ -337,10 +329,10 @@ class Sweep:
             self._requeue_interrupted(study, retry)
         finally:
             bar.close()
+            self._lock.close()
             if main_thread:
                 signal.signal(signal.SIGTERM, previous[0])
                 signal.signal(signal.SIGINT, previous[1])
-        self._lock.close()
         outcome.counts = state_counts(study)
         return outcome
 

@@ -51,6 +51,15 @@ def show_value(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def format_value(value: Any) -> str:
+    """A parameter value for a progress line or a table: compact floats, ``off`` for null."""
+    if value is None:
+        return "off"
+    if isinstance(value, float):
+        return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.1e}"
+    return show_value(value)
+
+
 @dataclass
 class EvalResult:
     """What one evaluation pass produced.
