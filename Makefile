@@ -22,10 +22,11 @@ STUDY   ?= ctc_baseline
 TRIALS  ?=
 STORAGE ?=
 WORKERS ?=
+GPUS    ?=
 CONFIG  ?= results/$(STUDY)/best.yaml
 ARGS    ?=
 
-RUN_FLAGS = $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS)) \
+RUN_FLAGS = $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
             $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 .PHONY: setup sweep test test-all lint report export status train dashboard bench clean
@@ -76,6 +77,7 @@ bench: $(STAMP)
 	$(PY) bench/health_savings.py
 	$(PY) bench/report_speed.py
 	$(PY) bench/workers.py
+	$(PY) bench/pg_workers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

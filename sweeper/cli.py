@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="create or resume a study and run it to its trial budget")
     _study_args(run)
     run.add_argument("--trials", type=int, help="the study's total budget of finished trials")
-    run.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study (default 1)")
+    run.add_argument("--workers", type=int, help="local worker processes sharing the study (default 1, or one a GPU)")
+    run.add_argument("--gpus", help="`auto` or GPU indices like 0,1: each worker gets its own GPU")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a fixed parameter or pin a searched one (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--storage", required=True, help="the shared storage URL, e.g. postgresql://host/db")
     worker.add_argument("--study-name", help="name of the study in the storage (default: the file's `name`)")
     worker.add_argument("--trials", type=int, help="the study's total budget of finished trials")
-    worker.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    worker.add_argument("--workers", type=int, help="worker processes on this machine (default 1, or one a GPU)")
+    worker.add_argument("--gpus", help="`auto` or GPU indices like 0,1: each worker gets its own GPU")
     worker.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     worker.add_argument("--no-progress", action="store_true", help="no progress bar")
 

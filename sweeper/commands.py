@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 
 import optuna
@@ -35,12 +36,20 @@ def _existing(spec: StudySpec, storage: str, name: str) -> optuna.Study:
 def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
     spec, storage, name = _load(args)
     overrides = parse_overrides(spec, args.overrides)
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be an integer >= 1, got {args.workers}")
+    gpus = None
+    if args.gpus is not None:
+        import torch
+
+        from .workers import parse_gpus
+
+        gpus = parse_gpus(args.gpus, torch.cuda.device_count())
+    workers = args.workers or (len(gpus) if gpus else 1)
     progress = False if args.no_progress else None
     sweep = Sweep(spec, overrides=overrides, storage=storage, study_name=name, trials=args.trials, progress=progress)
-    if args.workers > 1:
-        return _run_workers(args, spec, storage, name, overrides, sweep, resume_argv)
+    if workers > 1 or gpus:  # a GPU is given to a worker process through CUDA_VISIBLE_DEVICES
+        return _run_workers(workers, gpus, spec, storage, name, overrides, sweep, resume_argv)
     outcome = sweep.run()
     folder = _finish(outcome.study, spec, storage, name, sweep.budget)
     return _exit_code(outcome, resume_argv, what="sweep", see=f"{folder}/trials.csv")
@@ -61,19 +70,29 @@ def _interrupted(resume_argv: str) -> int:
     return 130
 
 
-def _run_workers(args: argparse.Namespace, spec: StudySpec, storage: str, name: str, overrides: dict[str, object],
-                 sweep: Sweep, resume_argv: str) -> int:
-    from .workers import INTERRUPTED, run_workers
+def _run_workers(workers: int, gpus: list[int] | None, spec: StudySpec, storage: str, name: str,
+                 overrides: dict[str, object], sweep: Sweep, resume_argv: str) -> int:
+    from .workers import INTERRUPTED, assign_gpus, run_workers
 
     sweep.check()
     open_storage(storage, spec.heartbeat, retries=spec.budget.retries)  # created once, before the workers race
-    codes = run_workers(args.workers, spec.path, overrides, storage, name, args.trials, sweep.progress)
-    _finish(_existing(spec, storage, name), spec, storage, name, sweep.budget, f"; {args.workers} workers")
+    note = f"; {workers} workers"
+    if gpus:
+        note += " on GPUs " + ",".join(map(str, assign_gpus(workers, gpus)))
+    codes = run_workers(workers, spec.path, overrides, storage, name, sweep.budget, sweep.progress, gpus)
+    _finish(_existing(spec, storage, name), spec, storage, name, sweep.budget, note)
     if INTERRUPTED in codes:
         return _interrupted(resume_argv)
-    if any(codes):
-        raise SweepFailed(f"workers ended with exit codes {codes}; see their lines above")
+    failed = [_worker_end(i, code) for i, code in enumerate(codes) if code]
+    if failed:
+        raise SweepFailed("; ".join(failed) + f"; the same command resumes: {resume_argv}")
     return 0
+
+
+def _worker_end(index: int, code: int) -> str:
+    if code < 0:
+        return f"worker {index} was killed by {signal.Signals(-code).name}"
+    return f"worker {index} ended with exit code {code} (see its lines above)"
 
 
 def _exit_code(outcome: SweepOutcome, resume_argv: str, *, what: str, see: str) -> int:

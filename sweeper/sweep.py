@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
+import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,6 +34,8 @@ from .train import fit
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 INHERITED_ATTRS = ("error", "health.reason", "health.detail", "health.step", "epochs_run")
 FAILURE_LIMIT_MIN_TRIALS = 5  # the failure-rate stop looks at no fewer trials than this
+WAIT_POLL = 0.5  # seconds between looks at the study while the rest of the budget is in flight
+OOM = "oom"  # health.reason of a trial that ran out of accelerator memory
 
 
 def results_dir(spec: StudySpec, study_name: str | None = None) -> Path:
@@ -43,6 +49,9 @@ def make_sampler(spec: StudySpec, *, seed_offset: int = 0) -> optuna.samplers.Ba
     seed = None if s.seed is None else s.seed + seed_offset
     opts = dict(s.options)
     if s.type == "tpe":
+        # constant liar: a trial still running counts as a poor result, so concurrent workers
+        # do not propose the same point; with one worker there is nothing running to lie about
+        opts.setdefault("constant_liar", True)
         return optuna.samplers.TPESampler(seed=seed, **opts)
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -80,6 +89,10 @@ class TrialReporter:
         self.epochs = 0
 
     def report(self, epoch: int, result: EvalResult) -> None:
+        with INTERRUPT.shielded():  # storage writes: a signal waits until they are done
+            self._report(epoch, result)
+
+    def _report(self, epoch: int, result: EvalResult) -> None:
         if self.metric not in result.metrics:
             raise KeyError(f"metric {self.metric!r} not reported; the task reports: {', '.join(result.metrics)}")
         value = result.metrics[self.metric]
@@ -125,7 +138,7 @@ def trial_line(t: FrozenTrial, spec: StudySpec) -> str:
     reason = t.user_attrs.get("health.reason")
     if reason:
         line += f"  [{reason}: {t.user_attrs.get('health.detail', '')}]"
-    if t.state == TrialState.FAIL and "error" in t.user_attrs:
+    elif t.state == TrialState.FAIL and "error" in t.user_attrs:
         line += f"  [error: {t.user_attrs['error']}]"
     return line
 
@@ -209,10 +222,15 @@ class Sweep:
                 trial.set_user_attr(key, None)
         config = self.trial_config(trial)
         trial.set_user_attr("config", config)
+        trial.set_user_attr("worker", worker_id())
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
         reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type)
         monitor = self.monitor(config)
+        out_of_memory: str | None = None
         try:
-            result = fit(config, self.task, reporter, monitor=monitor)
+            with INTERRUPT.training():
+                result = fit(config, self.task, reporter, monitor=monitor)
         except HealthPruned as e:
             v = e.verdict
             trial.set_user_attr("health.reason", v.reason.value)
@@ -230,9 +248,17 @@ class Sweep:
             trial.set_user_attr("error", "interrupted")
             raise
         except Exception as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            trial.set_user_attr("error", f"{type(e).__name__}: {_first_line(e)}")
             trial.set_user_attr("epochs_run", reporter.epochs)
-            raise
+            if not is_out_of_memory(e):
+                raise
+            out_of_memory = _first_line(e)
+            trial.set_user_attr("health.reason", OOM)
+            trial.set_user_attr("health.detail", f"out of memory in epoch {reporter.epochs}: {out_of_memory}")
+        if out_of_memory is not None:
+            # raised outside the handler: the original traceback holds the trial's model,
+            # optimizer and batches, and must go before the memory can be released
+            raise TrialOutOfMemory(out_of_memory)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
         if math.isnan(result.best):
@@ -270,13 +296,13 @@ class Sweep:
         bar = _progress_bar(self.budget, len(study.get_trials(deepcopy=False, states=FINISHED)), self.progress)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=self.spec.budget.retries)
         started = time.monotonic()
-        failures = 0
+        failed: list[FrozenTrial] = []
         finished_here: list[FrozenTrial] = []
 
         def on_trial(study: optuna.Study, t: FrozenTrial) -> None:
-            nonlocal failures
             outcome.ran += 1
-            failures += t.state == TrialState.FAIL
+            if t.state == TrialState.FAIL:
+                failed.append(t)
             if t.state in FINISHED:
                 bar.update(1)
             bar.write(trial_line(t, self.spec), file=self.out or sys.stdout)
@@ -287,18 +313,20 @@ class Sweep:
 
         main_thread = _is_main_thread()  # signal handlers can only be set from the main thread
         previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        INTERRUPT.reset()
         if main_thread:
-            signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops like Ctrl-C
+            install_interrupt_handlers()
         try:
             while True:
+                INTERRUPT.check()
                 if self.spec.budget.timeout is not None and time.monotonic() - started >= self.spec.budget.timeout:
                     outcome.stopped = f"timeout of {self.spec.budget.timeout:g}s reached"
                     break
                 if outcome.diagnosis is not None:
                     outcome.stopped = outcome.diagnosis
                     break
-                if outcome.ran >= FAILURE_LIMIT_MIN_TRIALS and failures * 2 > outcome.ran:
-                    outcome.stopped = f"{failures} of {outcome.ran} trials failed"
+                if outcome.ran >= FAILURE_LIMIT_MIN_TRIALS and len(failed) * 2 > outcome.ran:
+                    outcome.stopped = f"{len(failed)} of {outcome.ran} trials failed: {error_summary(failed)}"
                     break
                 # count and claim under the lock every worker of this storage shares; the
                 # objective releases it as soon as its trial is RUNNING
@@ -315,17 +343,18 @@ class Sweep:
                     in_flight = finished + running >= self.budget
                     if not in_flight:
                         self.before_trial(study)
+                        n_failed = len(failed)
                         study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[on_trial])
+                        if len(failed) > n_failed:
+                            release_accelerator_memory()
                 finally:
                     self._lock.release()
                 if in_flight:
                     # the rest of the budget is in flight: wait for those trials to finish,
                     # or for their heartbeat to go stale (then they are failed and retried)
-                    time.sleep(self.spec.heartbeat.interval)
+                    time.sleep(WAIT_POLL)
         except KeyboardInterrupt:
             outcome.interrupted = True
-            if main_thread:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
             self._requeue_interrupted(study, retry)
         finally:
             bar.close()
@@ -371,8 +400,107 @@ if not any(isinstance(f, _DropInterruptTracebacks) for f in _OPTIMIZE_LOGGER.fil
     _OPTIMIZE_LOGGER.addFilter(_DropInterruptTracebacks())
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class _Interrupt:
+    """SIGINT and SIGTERM, handled once, at points where stopping is safe.
+
+    A signal while a trial trains raises KeyboardInterrupt at once (training can stop anywhere).
+    Anywhere else, in the middle of a storage write or the sampler, it only sets a flag that the
+    sweep loop checks between steps: an exception there could leave Optuna or SQLAlchemy half-way.
+    Later signals (a second Ctrl-C, a SIGTERM the parent passes on) are ignored, so they cannot
+    cut short the clean-up that records the running trial.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.armed = False
+
+    def reset(self) -> None:
+        self.requested = self.armed = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt here if a signal came at a moment that was not safe."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """While the block runs, a signal raises KeyboardInterrupt at once."""
+        self.check()
+        self.armed = True
+        try:
+            yield
+        finally:
+            self.armed = False
+
+    @contextlib.contextmanager
+    def shielded(self) -> Iterator[None]:
+        """Inside ``training``: a storage write that a signal must not interrupt half-way."""
+        was, self.armed = self.armed, False
+        try:
+            yield
+        finally:
+            self.armed = was
+        if was:
+            self.check()
+
+
+INTERRUPT = _Interrupt()  # one per process, as signal handlers are
+
+
+def install_interrupt_handlers() -> None:
+    """SIGINT and SIGTERM both stop the sweep as Ctrl-C does, once (main thread only)."""
+    signal.signal(signal.SIGINT, INTERRUPT.handler)
+    signal.signal(signal.SIGTERM, INTERRUPT.handler)
+
+
+class TrialOutOfMemory(RuntimeError):
+    """The trial ran out of accelerator memory (raised without the traceback that holds its tensors)."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def release_accelerator_memory() -> None:
+    """Return a failed trial's cached GPU memory to the driver, so the next trial (or a process
+    sharing the GPU) can have it."""
+    import torch
+
+    gc.collect()  # the failed trial's model and optimizer may sit in reference cycles
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def error_summary(failed: Sequence[FrozenTrial], kinds: int = 3) -> str:
+    """The failures grouped by error, most frequent first: 'ValueError: x (trials 0, 1, 2)'."""
+    groups: dict[str, list[int]] = {}
+    for t in failed:
+        groups.setdefault(str(t.user_attrs.get("error", "unknown error")), []).append(t.number)
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    parts = [f"{error} (trial{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns))})" for error, ns in ranked[:kinds]]
+    if len(ranked) > kinds:
+        parts.append(f"and {len(ranked) - kinds} other errors")
+    return "; ".join(parts)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def worker_id() -> str:
+    """Which machine and process ran a trial: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _is_main_thread() -> bool:
@@ -393,4 +521,5 @@ def run_sweep(spec: StudySpec, **kwargs: Any) -> SweepOutcome:
     return Sweep(spec, **kwargs).run()
 
 
-__all__ = ["Sweep", "SweepFailed", "SweepOutcome", "TrialReporter", "make_pruner", "make_sampler", "run_sweep"]
+__all__ = ["Sweep", "SweepFailed", "SweepOutcome", "TrialOutOfMemory", "TrialReporter", "error_summary", "make_pruner",
+           "make_sampler", "run_sweep"]

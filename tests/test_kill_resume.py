@@ -114,3 +114,80 @@ def test_interrupt_mid_trial_stops_cleanly_and_the_same_command_resumes(workdir:
     assert sum(t.state in FINISHED for t in trials) == 4
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == interrupted[0].number)
     assert retry.state in FINISHED and retry.params == interrupted[0].params
+
+
+# -- several workers: `sweeper run --workers 2`, as a user starts it
+
+# one trial a worker, long enough (~6 s) that both are still mid-way when the signal lands
+WORKERS_ARGS = ["run", "tiny", "--trials", "2", "--workers", "2", "--set", "epochs=40", "--no-progress"]
+
+
+def _start_workers(workdir: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+    # no health pruning: these trials must run their 40 epochs, whatever they learn
+    with (workdir / "studies" / "tiny.yaml").open("a") as f:
+        f.write("health:\n  enabled: false\n")
+    # a process group of its own, like a terminal's foreground job, so Ctrl-C can reach all of it
+    return subprocess.Popen(sweeper_cmd(*WORKERS_ARGS), cwd=workdir, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_foreground_signals, process_group=0)
+
+
+def _both_mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    running = [t for t in trials if t.state == TrialState.RUNNING and 0 < len(t.intermediate_values) < 30]
+    return len({t.user_attrs.get("worker") for t in running}) == 2
+
+
+def test_sigkill_of_one_worker_its_trial_is_retried_and_the_budget_stays_exact(workdir: Path) -> None:
+    proc = _start_workers(workdir)
+    _wait_for(_both_mid_trial, proc)
+    trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
+    victim = next(t for t in trials if t.state == TrialState.RUNNING)
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    # the other worker failed the dead one's trial by its heartbeat, retried it and met the budget
+    assert proc.returncode == 1 and "worker " in err and "was killed by SIGKILL" in err, err
+    trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
+    assert [t.number for t in trials] == list(range(len(trials)))  # no duplicated numbers
+    by_number = {t.number: t for t in trials}
+    assert by_number[victim.number].state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state in FINISHED and retry.params == victim.params
+    assert sum(t.state in FINISHED for t in trials) == 2
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # the same command again finds the budget met
+    again = subprocess.run(sweeper_cmd(*WORKERS_ARGS), cwd=workdir, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()) == len(trials)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c to the process group", "sigterm to the parent alone"])
+def test_interrupt_stops_every_worker_within_seconds_and_the_same_command_resumes(workdir: Path, how: str) -> None:
+    proc = _start_workers(workdir)
+    _wait_for(_both_mid_trial, proc)
+    t0 = time.monotonic()
+    if how.startswith("ctrl-c"):
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    else:
+        proc.send_signal(signal.SIGTERM)  # what a job scheduler does
+    _, err = proc.communicate(timeout=60)
+    stopped_in = time.monotonic() - t0
+    assert proc.returncode == 130, err
+    assert stopped_in < 15, f"took {stopped_in:.1f}s to stop"
+    assert "resume with: sweeper run tiny --trials 2 --workers 2" in err
+    assert "Traceback" not in err
+    trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 2 and {t.user_attrs["error"] for t in interrupted} == {"interrupted"}
+    assert [t.state for t in trials].count(TrialState.WAITING) == 2  # their retries, queued
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+    again = subprocess.run(sweeper_cmd(*WORKERS_ARGS), cwd=workdir, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert sum(t.state in FINISHED for t in trials) == 2
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for t in interrupted:
+        retry = next(r for r in trials if r.system_attrs.get("failed_trial") == t.number)
+        assert retry.state in FINISHED and retry.params == t.params

@@ -6,18 +6,20 @@ import csv
 import io
 import json
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
 import sweeper.sweep as sweep_module
 from sweeper.cli import main
 from sweeper.spec import load_spec
-from sweeper.sweep import Sweep
+from sweeper.sweep import Sweep, error_summary
 
 STORAGE = "sqlite:///results/tiny/study.db"
 
@@ -142,8 +144,48 @@ def test_failure_rate_stops_the_sweep(workdir: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(sweep_module, "fit", broken)
     assert main(["run", "tiny", "--trials", "50", "--no-progress"]) == 1
-    assert "5 of 5 trials failed" in capsys.readouterr().err
+    # the stop names the errors, grouped, with the trials that raised them
+    assert "5 of 5 trials failed: ValueError: shapes do not match (trials 0, 1, 2, 3, 4)" in capsys.readouterr().err
     assert len(load().get_trials()) == 5
+
+
+def test_error_summary_groups_by_error_most_frequent_first() -> None:
+    def failed(number: int, error: str) -> optuna.trial.FrozenTrial:
+        t = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"error": error})
+        t.number = number
+        return t
+
+    trials = [failed(0, "KeyError: 'x'"), failed(1, "OSError: disk full"), failed(2, "OSError: disk full"),
+              failed(3, "A: 1"), failed(4, "B: 2"), failed(5, "C: 3")]
+    assert error_summary(trials) == ("OSError: disk full (trials 1, 2); KeyError: 'x' (trial 0); A: 1 (trial 3); "
+                                     "and 2 other errors")
+
+
+def test_out_of_memory_fails_with_reason_oom_frees_the_model_and_the_next_trial_runs(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_fit = sweep_module.fit
+    models: list[weakref.ref[torch.nn.Module]] = []
+    freed_before_next: list[bool] = []
+
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        if not models:
+            model = torch.nn.Linear(512, 512)  # what a trial holds when the allocator gives up
+            models.append(weakref.ref(model))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 1.50 GiB free)")
+        if not freed_before_next:
+            freed_before_next.append(models[0]() is None)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "fit", fit)
+    assert main(["run", "tiny", "--set", "epochs=1", "--no-progress"]) == 0
+    trials = load().get_trials()
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["health.reason"] == "oom"
+    assert trials[0].user_attrs["error"].startswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert freed_before_next == [True]  # the failed trial's model was gone before the next trial began
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 4  # the sweep went on to its budget
+    assert "[oom: out of memory in epoch 0: CUDA out of memory" in capsys.readouterr().out
 
 
 def test_pruned_trials_count_in_budget_with_a_reason(workdir: Path) -> None:
