@@ -1,6 +1,7 @@
 """sweeper: hyperparameter sweeps and ablations over PyTorch training, on Optuna.
 
-Public API: load a study file, run it, train a config through the same loop.
+Public API: load a study file, run it, train a config through the same loop; ``Run`` is
+what a user's own training function (``task: module:function``) gets for each trial.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from .run_config import load_training_config, train_config
 from .space import base_config, suggest, trial_config
 from .spec import StudySpec, load_spec, parse_overrides, parse_spec
 from .sweep import Sweep, SweepOutcome, run_sweep
-from .tasks import EvalResult, KeyType, Task, TaskRun, get_task
+from .tasks import EvalResult, FunctionTask, KeyType, Task, TaskRun, get_task
 from .train import FitResult, fit
+from .user_run import Run, current_run
 
 __all__ = [
     "EvalResult",
     "FitResult",
+    "FunctionTask",
     "HealthMonitor",
     "HealthPruned",
     "KeyType",
     "Reason",
+    "Run",
     "StudySpec",
     "Sweep",
     "SweepFailed",
@@ -36,6 +40,7 @@ __all__ = [
     "Verdict",
     "__version__",
     "base_config",
+    "current_run",
     "export_best",
     "fit",
     "get_task",

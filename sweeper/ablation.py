@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,9 @@ def ablation_table(trials: Sequence[FrozenTrial], cells: Sequence[Cell], seeds: 
         diff = float(diffs.mean()) if len(diffs) else math.nan
         p = math.nan
         if cell.id != "best" and len(diffs) >= 2 and np.any(diffs != 0):
-            p = float(stats.ttest_rel([v[s] for s in paired], [best[s] for s in paired]).pvalue)
+            with warnings.catch_warnings():  # near-identical runs: scipy warns, the p-value says it
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = float(stats.ttest_rel([v[s] for s in paired], [best[s] for s in paired]).pvalue)
         finished = by_cell.get(cell.runs_of, {})
         rows.append({
             "cell": cell.id, "kind": cell.kind + (f" (runs of {cell.same_as})" if cell.same_as else ""),
@@ -168,6 +171,10 @@ def ablation_markdown(table: pd.DataFrame, spec: StudySpec, seeds: int, baseline
 def baseline_config(spec: StudySpec, base: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The ablation baseline: the fixed defaults, with ``ablation.baseline`` on top."""
     config = {**base, **spec.ablation.baseline}
+    missing = [k for k in spec.params if k not in config]
+    if missing:  # a user's own script: sweeper cannot know its defaults
+        raise UserError(f"{spec.path}: `ablation.baseline` must give the baseline value of every searched key "
+                        f"for task {spec.task}; missing: {', '.join(missing)}")
     source = ("`ablation.baseline` in the study file (" + ", ".join(
         f"{k}={show_value(v)}" for k, v in spec.ablation.baseline.items()) + ") over the fixed defaults"
               if spec.ablation.baseline else "the study's fixed values and the task's defaults")

@@ -60,8 +60,12 @@ def training_config(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, st
             "exported": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     }
-    if spec.export.command:
-        doc["command"] = fill_command(spec.export.command, doc["config"])
+    if spec.command is not None:  # a command task: the template, and the command line of this config
+        doc["task_command"] = spec.command
+        doc["workdir"] = str(spec.path.parent.resolve())  # where the command runs, from any folder
+    template = spec.export.command or spec.command
+    if template:
+        doc["command"] = fill_command(template, doc["config"])
     return doc
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from .errors import UserError
 from .spec import _Loader, parse_scalar, show_value
-from .tasks import TASKS, get_task
+from .tasks import TASKS, CommandTask, FunctionTask, get_task, import_function, is_function_ref
 from .tasks.base import EvalResult
 from .train import FitResult, fit
 
@@ -25,6 +25,29 @@ class TrainingConfig:
     path: Path
     task: str
     config: dict[str, Any]
+    metric: str = ""
+    direction: str = "minimize"
+
+    task_command: str | None = None
+    workdir: str | None = None
+
+    def command_task(self) -> CommandTask | None:
+        """The command this config runs (None unless it came from a `task: {command: ...}` study)."""
+        if self.task_command is None:
+            return None
+        return CommandTask(self.task_command, cwd=Path(self.workdir or "."), metric=self.metric,
+                           direction=self.direction)
+
+    def function_task(self) -> FunctionTask | None:
+        """The user's training function this config names (None for a built-in task): looked
+        up beside the config file, beside the study file it came from, then in the current folder."""
+        if not is_function_ref(self.task):
+            return None
+        spec = Path(str((self.provenance or {}).get("spec", "")))
+        search = [self.path.parent, *([spec.parent] if spec.name else []), Path.cwd()]
+        return FunctionTask(self.task, search=search, metric=self.metric, direction=self.direction)
+
+    provenance: dict[str, Any] | None = None
 
 
 def load_training_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:
@@ -40,8 +63,11 @@ def load_training_config(path: str | Path, overrides: list[str] | None = None) -
         raise UserError(f"{p}: a training config needs `task` and a `config` mapping "
                         "(as written by `sweeper export`)")
     task_name = doc["task"]
+    if is_function_ref(task_name) or task_name == "command":
+        return _function_config(p, doc, overrides or [])
     if task_name not in TASKS:
-        raise UserError(f"{p}: `task` must be one of {', '.join(sorted(TASKS))}, got {task_name!r}")
+        raise UserError(f"{p}: `task` must be one of {', '.join(sorted(TASKS))} or module:function, "
+                        f"got {task_name!r}")
     task = get_task(task_name)
     types = task.key_types
     config = dict(task.defaults)
@@ -60,6 +86,30 @@ def load_training_config(path: str | Path, overrides: list[str] | None = None) -
             raise UserError(f"--set {item}: {key} must be {types[key].describe()}")
         config[key] = value
     return TrainingConfig(path=p, task=task_name, config=config)
+
+
+def _function_config(p: Path, doc: Mapping[str, Any], overrides: list[str]) -> TrainingConfig:
+    """A user function's config: any keys; ``--set`` may change those it has."""
+    config = dict(doc["config"])
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in config:
+            raise UserError(f"--set {item}: expected KEY=VALUE with KEY one of {', '.join(sorted(config))}")
+        config[key] = parse_scalar(text)
+    metric, direction = doc.get("metric"), doc.get("direction", "minimize")
+    if not isinstance(metric, str) or direction not in ("minimize", "maximize"):
+        raise UserError(f"{p}: a config for task {doc['task']} needs `metric` and `direction` (minimize or maximize)")
+    tc = TrainingConfig(path=p, task=str(doc["task"]), config=config, metric=metric, direction=direction,
+                        provenance=doc.get("provenance") if isinstance(doc.get("provenance"), dict) else None,
+                        task_command=doc.get("task_command"), workdir=doc.get("workdir"))
+    if tc.task == "command":
+        if not isinstance(tc.task_command, str):
+            raise UserError(f"{p}: a config for a command task needs `task_command` (as `sweeper export` writes it)")
+        return tc
+    fn_task = tc.function_task()
+    assert fn_task is not None
+    import_function(fn_task.name, fn_task.search)  # refused here, before a run folder is made
+    return tc
 
 
 class CSVReporter:
@@ -88,8 +138,21 @@ def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO
     out = out or sys.stdout
     folder = out_dir or tc.path.with_suffix(".run")
     _check_same_config(folder, tc.config)
+    reporter = CSVReporter(folder / "metrics.csv", out)
+    cmd_task = tc.command_task()
+    if cmd_task is not None:  # the user's script in its own process; its output goes to the terminal
+        result = cmd_task.train(tc.config, reporter)
+        print(f"done: the command reported {cmd_task.metric}={result.last:.4f} after {result.epochs_run} epochs; "
+              f"metrics in {folder}/metrics.csv", file=out)
+        return result
+    fn_task = tc.function_task()
+    if fn_task is not None:  # the user's function: its own loop, no study, nothing prunes
+        result = fn_task.train(tc.config, reporter, device=device)
+        print(f"done: {fn_task.name} returned {fn_task.metric}={result.best:.4f} after {result.epochs_run} "
+              f"reported epochs; metrics in {folder}/metrics.csv", file=out)
+        return result
     task = get_task(tc.task)
-    result = fit(tc.config, task, CSVReporter(folder / "metrics.csv", out), checkpoint_dir=folder, device=device)
+    result = fit(tc.config, task, reporter, checkpoint_dir=folder, device=device)
     print(f"done: best {task.metric}={result.best:.4f} at epoch {result.best_epoch}, "
           f"last {task.metric}={result.last:.4f}; checkpoints in {folder}", file=out)
     return result

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 
 from .spec import CategoricalParam, FloatParam, IntParam, ParamSpec, StudySpec
-from .tasks import get_task
+from .tasks import load_task
 
 
 def suggest(
@@ -32,7 +32,7 @@ def suggest(
 
 def base_config(spec: StudySpec, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Task defaults, then the budget's epochs, then ``fixed``, then ``--set`` overrides."""
-    config = dict(get_task(spec.task).defaults)
+    config = dict(load_task(spec).defaults)
     if spec.budget.epochs is not None:
         config["epochs"] = spec.budget.epochs
     config.update(spec.fixed)

@@ -19,6 +19,7 @@ import yaml
 from .errors import UserError
 from .tasks import TASKS, get_task
 from .tasks.base import KeyType, show_value
+from .tasks.function import import_function, is_function_ref
 
 STUDIES_DIR = Path("studies")
 
@@ -163,9 +164,12 @@ class StudySpec:
     params: Mapping[str, ParamSpec]
     path: Path
     description: str = ""
+    types: Mapping[str, KeyType] | None = None  # a function or command task's keys, as the file declares them
+    command: str | None = None  # `task: {command: ...}`: the command line template (then task == "command")
+    command_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when a command's trial is stopped
 
     def key_types(self) -> Mapping[str, KeyType]:
-        return get_task(self.task).key_types
+        return self.types if self.types is not None else get_task(self.task).key_types
 
     def default_storage(self) -> str:
         return self.storage or f"sqlite:///results/{self.name}/study.db"
@@ -255,14 +259,37 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
         v.fail("name", name, "a name of letters, digits, '_', '.' and '-'")
 
     task_name = v.require(doc, "task", "")
-    if not isinstance(task_name, str) or task_name not in TASKS:
-        v.fail("task", task_name, f"one of {', '.join(sorted(TASKS))}", hint=_did_you_mean(str(task_name), TASKS))
-    task = get_task(task_name)
-
-    metric = doc.get("metric", task.metric)
-    if metric != task.metric:
-        v.fail("metric", metric, f"{task.metric} (the metric task {task_name} reports)")
-    direction = doc.get("direction", task.direction)
+    command, grace = None, 10.0
+    if isinstance(task_name, dict):
+        v.known_keys(task_name, ("command", "grace"), "task.")
+        command = v.require(task_name, "command", "task.")
+        if not isinstance(command, str) or not command.strip():
+            v.fail("task.command", command, "a command line, e.g. \"python train.py --lr {lr}\"")
+        grace = task_name.get("grace", 10.0)
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+            v.fail("task.grace", grace, "seconds >= 0")
+        task_name = "command"
+    function_task = is_function_ref(task_name) or command is not None
+    if function_task:
+        if command is None:  # the user's own training function: it must import now, not mid-sweep
+            import_function(task_name, [path.parent, Path.cwd()])
+        for key in ("metric", "direction"):
+            if key not in doc:
+                what = "a command" if command is not None else f"a function ({task_name})"
+                raise UserError(f"{path}: `{key}` is required when `task` names {what}: "
+                                + ("the name of the metric it reports" if key == "metric" else "minimize or maximize"))
+        metric, direction = doc["metric"], doc["direction"]
+        if not isinstance(metric, str) or not metric:
+            v.fail("metric", metric, "the name of the metric the function reports")
+    else:
+        if not isinstance(task_name, str) or task_name not in TASKS:
+            v.fail("task", task_name, f"one of {', '.join(sorted(TASKS))} or module:function",
+                   hint=_did_you_mean(str(task_name), TASKS))
+        task = get_task(task_name)
+        metric = doc.get("metric", task.metric)
+        if metric != task.metric:
+            v.fail("metric", metric, f"{task.metric} (the metric task {task_name} reports)")
+        direction = doc.get("direction", task.direction)
     if direction not in ("minimize", "maximize"):
         v.fail("direction", direction, "minimize or maximize")
 
@@ -276,8 +303,9 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
     if storage is not None:
         check_storage_url(storage, where=f"{path}: `storage`")
 
-    types = task.key_types
     fixed_raw = v.mapping(doc.get("fixed", {}), "fixed")
+    params_raw = v.mapping(doc.get("params", {}), "params")
+    types = _declared_types(fixed_raw, params_raw) if function_task else task.key_types
     fixed: dict[str, Any] = {}
     for key, value in fixed_raw.items():
         v.known_keys({key: value}, types, "fixed.", noun="parameter of task " + task_name)
@@ -285,7 +313,6 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
             v.fail(f"fixed.{key}", value, types[key].describe())
         fixed[key] = value
 
-    params_raw = v.mapping(doc.get("params", {}), "params")
     params: dict[str, ParamSpec] = {}
     for key, pdoc in params_raw.items():
         v.known_keys({key: pdoc}, types, "params.", noun="parameter of task " + task_name)
@@ -294,6 +321,13 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
         params[key] = _parse_param(v, key, pdoc, types[key])
     if budget.epochs is not None and "epochs" in params:
         v.fail("params.epochs", "(searched)", "not searched while `budget.epochs` is set")
+    if command is not None:
+        import string
+
+        for _, field_name, _, _ in string.Formatter().parse(command):
+            if field_name is not None and field_name not in types:
+                v.fail("task.command", f"{{{field_name}}}", "placeholders naming keys of the study: "
+                       + ", ".join(sorted(types)), hint=_did_you_mean(field_name, types))
 
     ablation = _parse_ablation(v, doc.get("ablation", {}), types, fixed, params)
     export = _parse_export(v, doc.get("export", {}), types, task_name)
@@ -305,7 +339,20 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
         name=name, task=task_name, metric=metric, direction=direction, budget=budget, sampler=sampler,
         pruner=pruner, heartbeat=heartbeat, health=health, ablation=ablation, export=export, storage=storage,
         fixed=fixed, params=params, path=path, description=description,
+        types=types if function_task else None, command=command, command_grace=float(grace),
     )
+
+
+def _declared_types(fixed: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, KeyType]:
+    """A function task's keys: typed by the values under ``fixed`` and the kinds under ``params``."""
+    types = {"seed": KeyType("int"), "epochs": KeyType("int")}
+    for key, value in fixed.items():
+        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), "any")
+        types[key] = KeyType(kind, nullable=True)
+    for key, pdoc in params.items():
+        kind = pdoc.get("type", "categorical") if isinstance(pdoc, dict) else "categorical"
+        types[key] = KeyType(kind) if kind in ("float", "int") else KeyType("any", nullable=True)
+    return types
 
 
 def check_storage_url(url: Any, *, where: str) -> str:

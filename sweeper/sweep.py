@@ -27,7 +27,7 @@ from .health.detectors import merge_options
 from .space import trial_config
 from .spec import StudySpec
 from .storage import check_writable, open_storage, sqlite_path
-from .tasks import get_task
+from .tasks import CommandTask, FunctionTask, load_task
 from .tasks.base import EvalResult, format_value
 from .train import fit
 
@@ -171,7 +171,7 @@ class Sweep:
         self.budget = trials if trials is not None else spec.budget.trials
         if self.budget < 1:
             raise UserError(f"--trials must be an integer >= 1, got {self.budget}")
-        self.task = get_task(spec.task)
+        self.task = load_task(spec)
         self.out = out
         self.progress = progress
         self.results = results_dir(spec, study_name)
@@ -230,7 +230,15 @@ class Sweep:
         out_of_memory: str | None = None
         try:
             with INTERRUPT.training():
-                result = fit(config, self.task, reporter, monitor=monitor)
+                if isinstance(self.task, CommandTask):  # health checks run inside the script
+                    log = self.results / "logs" / f"trial-{trial.number}.log"
+                    log.parent.mkdir(parents=True, exist_ok=True)
+                    trial.set_user_attr("log", str(log))
+                    result = self.task.train(config, reporter, health=self.health_options(config), log_path=log)
+                elif isinstance(self.task, FunctionTask):
+                    result = self.task.train(config, reporter, monitor=monitor)
+                else:
+                    result = fit(config, self.task, reporter, monitor=monitor)
         except HealthPruned as e:
             v = e.verdict
             trial.set_user_attr("health.reason", v.reason.value)
@@ -278,14 +286,18 @@ class Sweep:
     def make_pruner(self) -> optuna.pruners.BasePruner:
         return make_pruner(self.spec)
 
-    def monitor(self, config: Mapping[str, Any]) -> HealthMonitor | None:
+    def health_options(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The health monitor's options for a trial (None when the study turns health off)."""
         h = self.spec.health
         if not h.enabled:
             return None
-        return HealthMonitor(detectors=merge_options(self.task.health_defaults, h.detectors),
-                             check_every=h.check_every,
-                             warmup_epochs=float(config.get("warmup_epochs") or 0.0), metric=self.spec.metric,
-                             chance_metric=self.task.chance_metric)
+        return {"detectors": merge_options(self.task.health_defaults, h.detectors), "check_every": h.check_every,
+                "warmup_epochs": float(config.get("warmup_epochs") or 0.0), "metric": self.spec.metric,
+                "chance_metric": self.task.chance_metric}
+
+    def monitor(self, config: Mapping[str, Any]) -> HealthMonitor | None:
+        options = self.health_options(config)
+        return None if options is None else HealthMonitor(**options)
 
     # -- the loop
 

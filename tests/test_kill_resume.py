@@ -38,7 +38,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None
     raise AssertionError("the worker never reached the state to kill it in")
 
 
-ARGS = ["run", "tiny", "--trials", "4", "--set", "epochs=4", "--no-progress"]
+ARGS = ["run", "tiny", "--trials", "4", "--set", "epochs=12", "--no-progress"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
@@ -48,8 +48,15 @@ def _foreground_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _no_health_pruning(workdir: Path) -> None:
+    # these trials must run all their epochs, whatever they learn, for a signal to land mid-way
+    with (workdir / "studies" / "tiny.yaml").open("a") as f:
+        f.write("health:\n  enabled: false\n")
+
+
 def _start(workdir: Path) -> subprocess.Popen:  # type: ignore[type-arg]
     """The worker, as a user starts it, in its own process."""
+    _no_health_pruning(workdir)
     return subprocess.Popen(sweeper_cmd(*ARGS), cwd=workdir, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_foreground_signals)
 
@@ -90,18 +97,19 @@ def test_sigkill_mid_trial_then_resume(workdir: Path) -> None:
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, id="ctrl-c"),
+                                 pytest.param(signal.SIGTERM, id="sigterm", marks=pytest.mark.slow)])
 def test_interrupt_mid_trial_stops_cleanly_and_the_same_command_resumes(workdir: Path, sig: int) -> None:
     proc = _start(workdir)
 
-    def mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
-        return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
+    def mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:  # with half its epochs or more to go
+        return any(t.state == TrialState.RUNNING and 0 < len(t.intermediate_values) <= 6 for t in trials)
 
     _wait_for(mid_trial, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "resume with: sweeper run tiny --trials 4 --set epochs=4 --no-progress" in err
+    assert "resume with: sweeper run tiny --trials 4 --set epochs=12 --no-progress" in err
     assert "Traceback" not in err
     trials = optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
@@ -123,9 +131,7 @@ WORKERS_ARGS = ["run", "tiny", "--trials", "2", "--workers", "2", "--set", "epoc
 
 
 def _start_workers(workdir: Path) -> subprocess.Popen:  # type: ignore[type-arg]
-    # no health pruning: these trials must run their 40 epochs, whatever they learn
-    with (workdir / "studies" / "tiny.yaml").open("a") as f:
-        f.write("health:\n  enabled: false\n")
+    _no_health_pruning(workdir)
     # a process group of its own, like a terminal's foreground job, so Ctrl-C can reach all of it
     return subprocess.Popen(sweeper_cmd(*WORKERS_ARGS), cwd=workdir, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_foreground_signals, process_group=0)
@@ -136,6 +142,7 @@ def _both_mid_trial(trials: list[optuna.trial.FrozenTrial]) -> bool:
     return len({t.user_attrs.get("worker") for t in running}) == 2
 
 
+@pytest.mark.slow
 def test_sigkill_of_one_worker_its_trial_is_retried_and_the_budget_stays_exact(workdir: Path) -> None:
     proc = _start_workers(workdir)
     _wait_for(_both_mid_trial, proc)
@@ -160,7 +167,8 @@ def test_sigkill_of_one_worker_its_trial_is_retried_and_the_budget_stays_exact(w
     assert len(optuna.load_study(study_name="tiny", storage=STORAGE).get_trials()) == len(trials)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c to the process group", "sigterm to the parent alone"])
+@pytest.mark.parametrize("how", ["ctrl-c to the process group",
+                                 pytest.param("sigterm to the parent alone", marks=pytest.mark.slow)])
 def test_interrupt_stops_every_worker_within_seconds_and_the_same_command_resumes(workdir: Path, how: str) -> None:
     proc = _start_workers(workdir)
     _wait_for(_both_mid_trial, proc)

@@ -53,6 +53,7 @@ def test_four_workers_on_sqlite_finish_the_budget_exactly(workdir: Path) -> None
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # `make test-all` and CI run it
 @pytest.mark.skipif(not _postgres_answers(), reason="no PostgreSQL server answers at 127.0.0.1:5432")
 def test_four_workers_on_postgresql_finish_the_budget_exactly(workdir: Path) -> None:
     name = f"tiny-{uuid.uuid4().hex[:8]}"

@@ -13,7 +13,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class KeyType:
-    """What a config key accepts: ``kind`` is float, int, str or bool.
+    """What a config key accepts: ``kind`` is float, int, str, bool or any.
 
     ``nullable`` keys accept ``null``; ``choices`` (if set) lists every value allowed.
     """
@@ -26,10 +26,13 @@ class KeyType:
         if self.choices is not None:
             allowed = ", ".join(show_value(c) for c in self.choices)
         else:
-            allowed = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false"}[self.kind]
+            allowed = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false",
+                       "any": "any value"}[self.kind]
         return f"{allowed} or null" if self.nullable else allowed
 
     def accepts(self, value: Any) -> bool:
+        if self.kind == "any":
+            return True
         if value is None:
             return self.nullable
         if self.choices is not None:

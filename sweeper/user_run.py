@@ -1,0 +1,163 @@
+"""``Run``: what a user's own training function gets besides its config.
+
+A study that names ``task: my_module:train`` calls ``train(config, run)`` for every
+trial; a handful of calls on ``run`` give that loop the health monitor and the pruner::
+
+    def train(config: dict, run: sweeper.Run) -> float:
+        model, optimizer = ..., ...
+        run.watch(model)                      # the parameters the monitor watches
+        for epoch in range(config["epochs"]):
+            for x, y in loader:
+                loss = ...; loss.backward()
+                run.after_backward(loss)      # may stop the trial (HealthPruned)
+                optimizer.step(); optimizer.zero_grad()
+            run.report(epoch, {"accuracy": acc, "loss": val_loss},
+                       outputs={"predictions": pred, "targets": y_val})  # may prune
+        return acc
+
+The same function runs under ``sweeper train`` with an exported config, outside
+any study: ``report`` then prints and records each epoch, and nothing prunes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .health import HealthMonitor, HealthPruned
+from .tasks.base import EvalResult
+from .tasks.command import REPORT_ENV, RUN_ENV
+from .train import Monitor, Reporter, resolve_device
+
+
+class _Sink(Protocol):
+    def report(self, epoch: int, result: EvalResult) -> None: ...
+
+
+class Run:
+    """The trial (or training run) a user's function is called for.
+
+    Attributes:
+        config: the trial's full config (also the function's first argument).
+        device: ``cuda`` when the worker has a GPU, else ``cpu`` (``config["device"]``
+            overrides it where the study sets one).
+        metric, direction: what the study optimizes; ``report`` must include ``metric``.
+        history: one dict of metrics per reported epoch.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, metric: str, direction: str,
+                 reporter: Reporter | _Sink | None = None, monitor: Monitor | None = None,
+                 device: str = "auto") -> None:
+        self.config = dict(config)
+        self.metric = metric
+        self.direction = direction
+        self.device = resolve_device(str(config.get("device", device)))
+        self.history: list[dict[str, float]] = []
+        self.best = math.nan
+        self.best_epoch = -1
+        self._reporter = reporter
+        self._monitor = monitor
+        self._step = 0
+        self._sink: _JsonLines | None = reporter if isinstance(reporter, _JsonLines) else None
+
+    def watch(self, model: nn.Module) -> None:
+        """Hand the model to the health monitor (its trainable parameters are watched)."""
+        if self._monitor is not None:
+            self._monitor.watch(model)
+
+    def after_backward(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
+        """Call after each ``loss.backward()`` (before ``optimizer.step()``); pass the norm
+        ``clip_grad_norm_`` returned if you clip. Raises ``HealthPruned`` when the
+        monitor finds the run sick; let it propagate."""
+        if self._monitor is not None:
+            with self._verdicts():
+                self._monitor.after_backward(loss.detach(), None if grad_norm is None else grad_norm.detach(),
+                                             step=self._step)
+        self._step += 1
+
+    def report(self, epoch: int, metrics: Mapping[str, float],
+               outputs: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Call after each evaluation with plain floats (the study's metric among them) and,
+        for the class-collapse check, ``outputs={"predictions": ..., "targets": ...}``.
+        Raises ``optuna.TrialPruned`` or ``HealthPruned`` to stop the trial; let it propagate."""
+        if self.metric not in metrics:
+            raise KeyError(f"run.report() got {', '.join(metrics) or 'no metric'}; the study's metric is "
+                           f"{self.metric!r}")
+        values = {k: float(v) for k, v in metrics.items()}
+        self.history.append({"epoch": float(epoch), **values})
+        value = values[self.metric]
+        if self.best_epoch < 0 or (value < self.best if self.direction == "minimize" else value > self.best):
+            self.best, self.best_epoch = value, epoch
+        if self._monitor is not None:
+            with self._verdicts():
+                self._monitor.after_eval(epoch, values, dict(outputs or {}))
+        if self._reporter is not None:
+            self._reporter.report(epoch, EvalResult(metrics=values, outputs=dict(outputs or {})))
+
+    def _verdicts(self) -> Any:
+        return _VerdictExit(self._sink)
+
+
+class _VerdictExit:
+    """In a command run, a health verdict is written for sweeper and the script exits
+    (SystemExit, so ``finally`` blocks run); in-process it propagates as ``HealthPruned``."""
+
+    def __init__(self, sink: _JsonLines | None) -> None:
+        self.sink = sink
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if self.sink is not None and isinstance(exc, HealthPruned):
+            v = exc.verdict
+            self.sink.write({"health": {"reason": v.reason.value, "detail": v.detail, "step": v.step,
+                                        "epoch": v.epoch}})
+            print(f"sweeper: stopped by the health monitor: {v.reason.value}: {v.detail}", file=sys.stderr)
+            raise SystemExit(0)
+        return False
+
+
+class _JsonLines:
+    """The report file of a command run: one JSON object a line, flushed at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, msg: Mapping[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(msg) + "\n")
+
+    def report(self, epoch: int, result: EvalResult) -> None:
+        self.write({"epoch": epoch, "metrics": result.metrics})
+
+
+def current_run() -> Run | None:
+    """The ``Run`` of a script that sweeper started as a command (``task: {command: ...}``),
+    or None when the script runs on its own. Its ``watch``, ``after_backward`` and ``report``
+    reach the study as in a function task; the config arrives as the command's arguments."""
+    path = os.environ.get(REPORT_ENV)
+    if not path:
+        return None
+    spec = json.loads(os.environ.get(RUN_ENV) or "{}")
+    health = spec.get("health")
+    monitor = HealthMonitor(**health) if health else None  # the options the study's sweep would use
+    if threading.current_thread() is threading.main_thread():
+        # pruning stops the script with SIGTERM: exit through `finally` blocks, not mid-write
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return Run({}, metric=spec["metric"], direction=spec["direction"], reporter=_JsonLines(Path(path)),
+               monitor=monitor)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
