@@ -62,3 +62,37 @@ def ctc_loss(
         weighted = (1.0 - p).pow(gamma) * per_seq / target_lengths.clamp(min=1)
         return weighted.mean()
     raise ValueError(f"unknown CTC loss {name!r}; allowed: {', '.join(CTC_LOSSES)}")
+
+
+def classification_loss(
+    name: str,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    class_counts: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    smoothing: float = 0.1,
+) -> torch.Tensor:
+    """A classification loss by name, over logits (B, C) and targets (B,).
+
+    - ``ce``: cross-entropy.
+    - ``focal``: cross-entropy weighted by ``(1 - p_target)^gamma`` per sample, so
+      samples the model already gets right count less.
+    - ``class_weighted``: cross-entropy with each class weighted by the inverse of its
+      training count (``class_counts``), normalized to a mean weight of 1.
+    - ``label_smoothing``: cross-entropy against targets smoothed by ``smoothing``.
+    """
+    if name == "ce":
+        return F.cross_entropy(logits, targets)
+    if name == "focal":
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        p = torch.exp(-ce)
+        return ((1.0 - p).pow(gamma) * ce).mean()
+    if name == "class_weighted":
+        if class_counts is None:
+            raise ValueError("class_weighted needs the training class counts")
+        weights = 1.0 / class_counts.clamp(min=1).float()
+        return F.cross_entropy(logits, targets, weight=weights * len(weights) / weights.sum())
+    if name == "label_smoothing":
+        return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    raise ValueError(f"unknown classification loss {name!r}; allowed: {', '.join(CLASSIFICATION_LOSSES)}")

@@ -289,17 +289,23 @@ class BlankOutput(Detector):
 @dataclass
 class ClassCollapse(Detector):
     """Predictions concentrate on few classes compared with the labels: prediction
-    entropy below ``min_entropy_ratio`` x label entropy, for ``patience`` evaluations.
+    entropy below ``min_entropy_ratio`` x label entropy, for ``patience`` evaluations,
+    judged from epoch ``grace_epochs`` on and not before warmup has ended. An evaluation
+    whose prediction entropy grew by ``recovering`` x since the last one is a slow
+    learner, not a collapse, and resets the count.
     Reads ``outputs["predictions"]`` (or the argmax of ``outputs["logits"]``) and ``outputs["targets"]``."""
 
     reason: ClassVar[Reason] = Reason.CLASS_COLLAPSE
     min_entropy_ratio: float = 0.5
     patience: int = 2
     grace_epochs: int = 0
+    recovering: float = 1.1  # entropy up by this factor since the last evaluation: still learning
     _strikes: int = field(default=0, init=False, repr=False)
+    _last_entropy: float | None = field(default=None, init=False, repr=False)
 
     def on_eval(self, e: EvalSignals) -> Verdict | None:
-        if e.epoch < self.grace_epochs:
+        # never during warmup: at a fraction of the lr, predictions still sit on a few classes
+        if e.epoch < max(self.grace_epochs, math.ceil(e.warmup_epochs)):
             return None
         pred, target = e.outputs.get("predictions"), e.outputs.get("targets")
         if pred is None and e.outputs.get("logits") is not None:
@@ -310,7 +316,12 @@ class ClassCollapse(Detector):
         p = torch.bincount(pred.long().flatten(), minlength=n_classes).float()
         t = torch.bincount(target.long().flatten(), minlength=n_classes).float()
         h_p, h_t = _entropy(p), _entropy(t)
-        if h_t <= 0 or h_p >= self.min_entropy_ratio * h_t:
+        # a slow learner spreads its predictions from one evaluation to the next; a collapsed one does not
+        last = self._last_entropy
+        # (near-zero entropy is a collapse whatever its trend)
+        spreading = last is not None and h_p > self.recovering * last and h_p > 0.25 * h_t
+        self._last_entropy = h_p
+        if h_t <= 0 or h_p >= self.min_entropy_ratio * h_t or spreading:
             self._strikes = 0
             return None
         self._strikes += 1

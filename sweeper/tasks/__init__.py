@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from .base import EvalResult, KeyType, Task, TaskRun
+from .classify_many import ClassifyMany
 from .command import CommandTask
 from .ctc_digits import CTCDigits
 from .function import FunctionTask, import_function, is_function_ref
 
-TASKS: dict[str, type[Task]] = {CTCDigits.name: CTCDigits}
+TASKS: dict[str, type[Task]] = {CTCDigits.name: CTCDigits, ClassifyMany.name: ClassifyMany}
 
 
 def get_task(name: str) -> Task:

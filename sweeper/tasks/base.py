@@ -63,6 +63,21 @@ def format_value(value: Any) -> str:
     return show_value(value)
 
 
+# the keys fit() reads for every built-in task, with their usual defaults
+FIT_DEFAULTS: Mapping[str, Any] = {
+    "lr": 3e-3,               # AdamW peak learning rate
+    "warmup_epochs": 1,       # linear warmup length, epochs
+    "clip_norm": 1.0,         # max gradient norm; null = no clipping
+    "weight_decay": 1e-4,     # AdamW decoupled weight decay
+    "seed": 0,                # python/numpy/torch seed of the run
+    "patience": None,         # early stop after this many epochs without improvement
+}
+FIT_KEY_TYPES: Mapping[str, KeyType] = {
+    "lr": KeyType("float"), "warmup_epochs": KeyType("float"), "clip_norm": KeyType("float", nullable=True),
+    "weight_decay": KeyType("float"), "seed": KeyType("int"), "patience": KeyType("int", nullable=True),
+}
+
+
 @dataclass
 class EvalResult:
     """What one evaluation pass produced.
