@@ -80,9 +80,11 @@ class Run:
         ``clip_grad_norm_`` returned if you clip. Raises ``HealthPruned`` when the
         monitor finds the run sick; let it propagate."""
         if self._monitor is not None:
-            with self._verdicts():
+            try:
                 self._monitor.after_backward(loss.detach(), None if grad_norm is None else grad_norm.detach(),
                                              step=self._step)
+            except HealthPruned as e:
+                self._stop(e)
         self._step += 1
 
     def report(self, epoch: int, metrics: Mapping[str, float],
@@ -99,33 +101,22 @@ class Run:
         if self.best_epoch < 0 or (value < self.best if self.direction == "minimize" else value > self.best):
             self.best, self.best_epoch = value, epoch
         if self._monitor is not None:
-            with self._verdicts():
+            try:
                 self._monitor.after_eval(epoch, values, dict(outputs or {}))
+            except HealthPruned as e:
+                self._stop(e)
         if self._reporter is not None:
             self._reporter.report(epoch, EvalResult(metrics=values, outputs=dict(outputs or {})))
 
-    def _verdicts(self) -> Any:
-        return _VerdictExit(self._sink)
-
-
-class _VerdictExit:
-    """In a command run, a health verdict is written for sweeper and the script exits
-    (SystemExit, so ``finally`` blocks run); in-process it propagates as ``HealthPruned``."""
-
-    def __init__(self, sink: _JsonLines | None) -> None:
-        self.sink = sink
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        if self.sink is not None and isinstance(exc, HealthPruned):
-            v = exc.verdict
-            self.sink.write({"health": {"reason": v.reason.value, "detail": v.detail, "step": v.step,
-                                        "epoch": v.epoch}})
-            print(f"sweeper: stopped by the health monitor: {v.reason.value}: {v.detail}", file=sys.stderr)
-            raise SystemExit(0)
-        return False
+    def _stop(self, e: HealthPruned) -> None:
+        """In-process, the verdict propagates as ``HealthPruned``; in a command run it is written
+        for sweeper and the script exits (``SystemExit``, so ``finally`` blocks run)."""
+        if self._sink is None:
+            raise e
+        v = e.verdict
+        self._sink.write({"health": {"reason": v.reason.value, "detail": v.detail, "step": v.step, "epoch": v.epoch}})
+        print(f"sweeper: stopped by the health monitor: {v.reason.value}: {v.detail}", file=sys.stderr)
+        raise SystemExit(0)
 
 
 class _JsonLines:
