@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import shlex
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import __version__
 from .errors import UserError
 from .spec import StudySpec
-from .tasks.base import show_value
+from .tasks.command import fill_command
 
 
 def code_version() -> str:
@@ -35,12 +34,6 @@ def best_trials(study: optuna.Study, direction: str, k: int = 1) -> list[FrozenT
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     done.sort(key=lambda t: t.value if direction == "minimize" else -t.value)  # type: ignore[operator]
     return done[:k]
-
-
-def fill_command(template: str, config: Mapping[str, Any]) -> str:
-    """``export.command`` with every ``{key}`` replaced by the config's value, written as
-    in YAML (``null``, ``true``) and shell-quoted where it needs to be."""
-    return template.format_map({k: shlex.quote(show_value(v)) for k, v in config.items()})
 
 
 def training_config(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[str, Any]:

@@ -27,8 +27,8 @@ class TrainingConfig:
     config: dict[str, Any]
     metric: str = ""
     direction: str = "minimize"
-
-    task_command: str | None = None
+    provenance: dict[str, Any] | None = None
+    task_command: str | None = None  # a command task's template, and the folder it runs in
     workdir: str | None = None
 
     def command_task(self) -> CommandTask | None:
@@ -46,8 +46,6 @@ class TrainingConfig:
         spec = Path(str((self.provenance or {}).get("spec", "")))
         search = [self.path.parent, *([spec.parent] if spec.name else []), Path.cwd()]
         return FunctionTask(self.task, search=search, metric=self.metric, direction=self.direction)
-
-    provenance: dict[str, Any] | None = None
 
 
 def load_training_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:

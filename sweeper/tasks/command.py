@@ -24,18 +24,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..health.verdict import HealthPruned, Reason, Verdict
-from .base import EvalResult, KeyType
+from .base import EvalResult, KeyType, show_value
 from .function import UserTask
 
 POLL_S = 0.2  # how often the report file is read while the script runs
 REPORT_ENV, RUN_ENV = "SWEEPER_REPORT", "SWEEPER_RUN"  # the report file; metric, direction, health options
 
 
-def fill(template: str, config: Mapping[str, Any]) -> list[str]:
-    """The command line for ``config``: each ``{key}`` replaced by its value, as YAML writes it."""
-    from .base import show_value
-
-    return shlex.split(template.format_map({k: shlex.quote(show_value(v)) for k, v in config.items()}))
+def fill_command(template: str, config: Mapping[str, Any]) -> str:
+    """``template`` with every ``{key}`` replaced by the config's value, written as in YAML
+    (``null``, ``true``) and shell-quoted where it needs to be."""
+    return template.format_map({k: shlex.quote(show_value(v)) for k, v in config.items()})
 
 
 class CommandTask(UserTask):
@@ -53,7 +52,7 @@ class CommandTask(UserTask):
         """Run the command to its end (or until pruned) and return a ``FitResult``."""
         from ..train import FitResult
 
-        argv = fill(self.command, config)
+        argv = shlex.split(fill_command(self.command, config))
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="sweeper-") as tmp:
             report_path = Path(tmp) / "report.jsonl"
