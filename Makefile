@@ -23,13 +23,14 @@ TRIALS  ?=
 STORAGE ?=
 WORKERS ?=
 GPUS    ?=
+SEEDS   ?=
 CONFIG  ?= results/$(STUDY)/best.yaml
 ARGS    ?=
 
 RUN_FLAGS = $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
             $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
-.PHONY: setup sweep test test-all lint report export status train dashboard bench clean
+.PHONY: setup sweep test test-all lint report export status train dashboard ablate bench clean
 
 setup: $(STAMP)
 
@@ -58,6 +59,9 @@ export: $(STAMP)
 
 train: $(STAMP)
 	$(SWEEPER) train $(CONFIG) $(ARGS)
+
+ablate: $(STAMP)
+	$(SWEEPER) ablate $(STUDY) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STORAGE),--storage $(STORAGE))
 
 dashboard: $(STAMP)
 	$(SWEEPER) dashboard $(STUDY) $(if $(STORAGE),--storage $(STORAGE))

@@ -1,4 +1,5 @@
-"""Controlled ablation between a baseline config and the best config, over seeds.
+"""Controlled ablation between a baseline config and the best config (or a fix
+list's target config), over seeds.
 
 For every factor that differs: the best config with that factor put back to the
 baseline (leave-one-out) and the baseline with only that factor changed
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ class Cell:
     """One configuration of the ablation; ``id`` is stable across invocations."""
 
     id: str
-    kind: str  # "best", "baseline", "leave-one-out" or "leave-one-in"
+    kind: str  # "best" (or "target"), "baseline", "leave-one-out" or "leave-one-in"
     config: Mapping[str, Any]
     factor: str | None = None
     change: str = ""
@@ -49,18 +51,23 @@ class Cell:
         return self.same_as or self.id
 
 
-def design(baseline: Mapping[str, Any], best: Mapping[str, Any]) -> list[Cell]:
-    """The cells comparing ``baseline`` with ``best`` (seed excluded from the factors).
+def factors(baseline: Mapping[str, Any], best: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between the two ends (the seed is not a factor)."""
+    return [k for k in best if k != "seed" and baseline.get(k) != best.get(k)]
+
+
+def design(baseline: Mapping[str, Any], best: Mapping[str, Any], *, end: str = "best") -> list[Cell]:
+    """The cells comparing ``baseline`` with ``best`` (seed excluded from the factors);
+    ``end`` names the far end's cells (``target`` for a fix list).
 
     A cell whose config equals an earlier one shares that cell's runs instead of
     running it twice (with two factors, leaving one out is leaving the other in).
     """
-    factors = [k for k in best if k != "seed" and baseline.get(k) != best.get(k)]
-    cells = [Cell("best", "best", dict(best)), Cell("baseline", "baseline", dict(baseline))]
-    for f in factors:
+    cells = [Cell(end, end, dict(best)), Cell("baseline", "baseline", dict(baseline))]
+    for f in factors(baseline, best):
         change = f"{format_value(best[f])} -> {format_value(baseline[f])}"
-        cells.append(Cell(f"best-{f}", "leave-one-out", {**best, f: baseline[f]}, f, change))
-    for f in factors:
+        cells.append(Cell(f"{end}-{f}", "leave-one-out", {**best, f: baseline[f]}, f, change))
+    for f in factors(baseline, best):
         change = f"{format_value(baseline[f])} -> {format_value(best[f])}"
         cells.append(Cell(f"baseline+{f}", "leave-one-in", {**baseline, f: best[f]}, f, change))
     out: list[Cell] = []
@@ -110,8 +117,9 @@ class AblationSweep(Sweep):
                     return  # one at a time: the next iteration sees what this one queued
 
 
-def ablation_table(trials: Sequence[FrozenTrial], cells: Sequence[Cell], seeds: int, direction: str) -> pd.DataFrame:
-    """Per cell: runs, health-pruned, mean +/- std, 95% CI, difference to best and paired p-value."""
+def ablation_table(trials: Sequence[FrozenTrial], cells: Sequence[Cell], seeds: int, direction: str,
+                   *, end: str = "best") -> pd.DataFrame:
+    """Per cell: runs, health-pruned, mean +/- std, 95% CI, difference to ``end`` and paired p-value."""
     from scipy import stats
 
     by_cell: dict[str, dict[int, FrozenTrial]] = {}
@@ -123,7 +131,7 @@ def ablation_table(trials: Sequence[FrozenTrial], cells: Sequence[Cell], seeds: 
         return {s: t.value for s, t in by_cell.get(cell_id, {}).items()
                 if t.state == TrialState.COMPLETE and t.value is not None and s < seeds}
 
-    best = values("best")
+    best = values(end)
     rows = []
     for cell in cells:
         v = values(cell.runs_of)
@@ -136,32 +144,37 @@ def ablation_table(trials: Sequence[FrozenTrial], cells: Sequence[Cell], seeds: 
         diffs = np.array([v[s] - best[s] for s in paired])
         diff = float(diffs.mean()) if len(diffs) else math.nan
         p = math.nan
-        if cell.id != "best" and len(diffs) >= 2 and np.any(diffs != 0):
+        if cell.id != end and len(diffs) >= 2 and np.any(diffs != 0):
             with warnings.catch_warnings():  # near-identical runs: scipy warns, the p-value says it
                 warnings.simplefilter("ignore", RuntimeWarning)
                 p = float(stats.ttest_rel([v[s] for s in paired], [best[s] for s in paired]).pvalue)
         finished = by_cell.get(cell.runs_of, {})
+        reasons = Counter(t.user_attrs.get("health.reason") for s, t in finished.items()
+                          if s < seeds and t.state == TrialState.PRUNED
+                          and t.user_attrs.get("health.reason") not in (None, "underperforming"))
         rows.append({
             "cell": cell.id, "kind": cell.kind + (f" (runs of {cell.same_as})" if cell.same_as else ""),
             "change": cell.change,
             "runs": len([s for s in finished if s < seeds]),
-            "health-pruned": sum(1 for s, t in finished.items() if s < seeds and t.state == TrialState.PRUNED
-                                 and t.user_attrs.get("health.reason") not in (None, "underperforming")),
+            "health-pruned": sum(reasons.values()),
+            "health reasons": ", ".join(f"{r} {n}" for r, n in reasons.most_common()),
             "mean": mean, "std": std, "ci95 low": mean - half, "ci95 high": mean + half,
-            "diff to best": diff, "p (paired by seed)": p,
+            f"diff to {end}": diff, "p (paired by seed)": p,
         })
     return pd.DataFrame(rows)
 
 
-def ablation_markdown(table: pd.DataFrame, spec: StudySpec, seeds: int, baseline_source: str) -> str:
+def ablation_markdown(table: pd.DataFrame, spec: StudySpec, seeds: int, baseline_source: str,
+                      end_source: str = "the study's best trial", *, end: str = "best") -> str:
     return "\n".join([
         f"# Ablation of `{spec.name}`",
         "",
-        f"Baseline: {baseline_source}. Best: the study's best trial. Each cell ran with seeds 0-{seeds - 1}; "
-        f"`{spec.metric}` is {'lower' if spec.direction == 'minimize' else 'higher'} = better. "
-        "`diff to best` is the mean over seeds of (cell - best), paired by seed; `p` is a paired t-test. "
-        "Leave-one-out puts one factor of the best config back to the baseline; leave-one-in changes only "
-        "that factor of the baseline.",
+        f"Baseline: {baseline_source}. {end.capitalize()}: {end_source}. Each cell ran with seeds "
+        f"0-{seeds - 1}; `{spec.metric}` is {'lower' if spec.direction == 'minimize' else 'higher'} = better. "
+        f"`diff to {end}` is the mean over seeds of (cell - {end}), paired by seed; `p` is a paired t-test. "
+        f"Leave-one-out puts one factor of the {end} config back to the baseline; leave-one-in changes only "
+        "that factor of the baseline. A cell whose runs were all health-pruned has no mean: "
+        "`health-pruned` counts them.",
         "",
         md_table(table),
         "",
@@ -179,6 +192,16 @@ def baseline_config(spec: StudySpec, base: Mapping[str, Any]) -> tuple[dict[str,
         f"{k}={show_value(v)}" for k, v in spec.ablation.baseline.items()) + ") over the fixed defaults"
               if spec.ablation.baseline else "the study's fixed values and the task's defaults")
     return config, source
+
+
+def target_config(spec: StudySpec, baseline: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The far end of a fix-list ablation: the baseline with ``ablation.target`` on top."""
+    config = {**baseline, **spec.ablation.target}
+    if not factors(baseline, config):
+        raise UserError(f"{spec.path}: `ablation.target` changes nothing: every key it sets has the "
+                        "baseline's value")
+    return config, "`ablation.target` in the study file (" + ", ".join(
+        f"{k}={show_value(v)}" for k, v in spec.ablation.target.items()) + ") over the baseline"
 
 
 def write_ablation(table: pd.DataFrame, markdown: str, folder: Path) -> list[Path]:

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(export)
     export.add_argument("--top", type=int, default=1, help="also write results/NAME/top/K.yaml for the K best")
 
-    ablate = sub.add_parser("ablate", help="leave-one-out and leave-one-in runs between baseline and best, over seeds")
+    ablate = sub.add_parser("ablate", help="leave-one-out and leave-one-in runs between baseline and best "
+                                           "(or ablation.target), over seeds")
     _study_args(ablate)
     ablate.add_argument("--seeds", type=int, help="runs per cell (default: the file's ablation.seeds, else 3)")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -149,6 +149,7 @@ def cmd_ablate(args: argparse.Namespace, *, resume_argv: str) -> int:
         baseline_config,
         design,
         require_best,
+        target_config,
         write_ablation,
     )
     from .space import base_config
@@ -157,16 +158,22 @@ def cmd_ablate(args: argparse.Namespace, *, resume_argv: str) -> int:
     seeds = spec.ablation.seeds if args.seeds is None else args.seeds
     if seeds < 1:
         raise UserError(f"--seeds must be an integer >= 1, got {seeds}")
-    best = require_best(_existing(spec, storage, name), spec.direction)
     baseline, source = baseline_config(spec, base_config(spec))
-    cells = design(baseline, best.user_attrs["config"])
+    if spec.ablation.target:  # a fix list: baseline against target, no search needed
+        end = "target"
+        far, far_source = target_config(spec, baseline)
+    else:
+        end = "best"
+        best = require_best(_existing(spec, storage, name), spec.direction)
+        far, far_source = best.user_attrs["config"], f"the study's best trial ({best.number})"
+    cells = design(baseline, far, end=end)
     folder = results_dir(spec, name)
     sweep = AblationSweep(spec, cells, seeds, storage=storage, study_name=f"{name}-ablation", results=folder,
                           progress=False if args.no_progress else None)
-    print(f"ablation of {name}: {len(cells)} cells x {seeds} seeds; best = trial {best.number}; baseline = {source}")
+    print(f"ablation of {name}: {len(cells)} cells x {seeds} seeds; {end} = {far_source}; baseline = {source}")
     outcome = sweep.run()
-    table = ablation_table(outcome.study.get_trials(deepcopy=False), cells, seeds, spec.direction)
-    paths = write_ablation(table, ablation_markdown(table, spec, seeds, source), folder)
+    table = ablation_table(outcome.study.get_trials(deepcopy=False), cells, seeds, spec.direction, end=end)
+    paths = write_ablation(table, ablation_markdown(table, spec, seeds, source, far_source, end=end), folder)
     print("wrote " + ", ".join(map(str, paths)))
     return _exit_code(outcome, resume_argv, what="ablation", see=str(paths[0]))
 

@@ -83,6 +83,8 @@ def load_training_config(path: str | Path, overrides: list[str] | None = None) -
         if not types[key].accepts(value):
             raise UserError(f"--set {item}: {key} must be {types[key].describe()}")
         config[key] = value
+    if error := task.config_error(config):
+        raise UserError(f"{p}: {error}" + (f" (with --set {' '.join(overrides)})" if overrides else ""))
     return TrainingConfig(path=p, task=task_name, config=config)
 
 

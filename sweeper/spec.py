@@ -7,6 +7,7 @@ raised before anything is written (``UserError``, exit code 2).
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ import yaml
 
 from .errors import UserError
 from .tasks import TASKS, get_task
-from .tasks.base import KeyType, show_value
+from .tasks.base import KeyType, Task, show_value
 from .tasks.function import import_function, is_function_ref
 
 STUDIES_DIR = Path("studies")
@@ -131,10 +132,12 @@ class HealthSpec:
 
 @dataclass(frozen=True)
 class AblationSpec:
-    """The ``ablation:`` section: the baseline the best config is compared with."""
+    """The ``ablation:`` section: the baseline the best config is compared with, or
+    with ``target`` (a fix list: the keys it changes) when one is given."""
 
     baseline: Mapping[str, Any] = field(default_factory=dict)
     seeds: int = 3
+    target: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,8 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
                 v.fail("task.command", f"{{{field_name}}}", "placeholders naming keys of the study: "
                        + ", ".join(sorted(types)), hint=_did_you_mean(field_name, types))
 
+    if not function_task and (error := combination_error(task, {**task.defaults, **fixed}, params)):
+        raise UserError(f"{path}: {error}, a combination the study's `fixed` and `params` allow")
     ablation = _parse_ablation(v, doc.get("ablation", {}), types, fixed, params)
     export = _parse_export(v, doc.get("export", {}), types, task_name)
 
@@ -468,19 +473,24 @@ def _parse_health(v: _Validator, raw: Any) -> HealthSpec:
 def _parse_ablation(v: _Validator, raw: Any, types: Mapping[str, KeyType], fixed: Mapping[str, Any],
                     params: Mapping[str, Any]) -> AblationSpec:
     doc = v.mapping(raw, "ablation")
-    v.known_keys(doc, ("baseline", "seeds"), "ablation.")
+    v.known_keys(doc, ("baseline", "target", "seeds"), "ablation.")
     seeds = doc.get("seeds", 3)
     v.integer(seeds, "ablation.seeds", minimum=1)
-    baseline = v.mapping(doc.get("baseline", {}), "ablation.baseline")
     in_study = sorted({*fixed, *params})
-    for key, value in baseline.items():
-        if key not in in_study:
-            hint = _did_you_mean(str(key), in_study)
-            raise UserError(f"{v.path}: `ablation.baseline.{key}` is not in the study{hint}; a baseline sets "
-                            f"searched or fixed parameters: {', '.join(in_study)}")
-        if not types[key].accepts(value):
-            v.fail(f"ablation.baseline.{key}", value, types[key].describe())
-    return AblationSpec(baseline=baseline, seeds=seeds)
+    ends = {}
+    for end in ("baseline", "target"):
+        config = v.mapping(doc.get(end, {}), f"ablation.{end}")
+        for key, value in config.items():
+            if key not in in_study:
+                hint = _did_you_mean(str(key), in_study)
+                raise UserError(f"{v.path}: `ablation.{end}.{key}` is not in the study{hint}; a {end} sets "
+                                f"searched or fixed parameters: {', '.join(in_study)}")
+            if not types[key].accepts(value):
+                v.fail(f"ablation.{end}.{key}", value, types[key].describe())
+        ends[end] = config
+    if "target" in doc and not ends["target"]:
+        v.fail("ablation.target", doc["target"], "the keys a fix list changes, with their new values")
+    return AblationSpec(baseline=ends["baseline"], seeds=seeds, target=ends["target"])
 
 
 _PLACEHOLDER = re.compile(r"{([^{}:!]*)[^{}]*}")
@@ -557,6 +567,33 @@ def _parse_param(v: _Validator, key: str, raw: Any, ktype: KeyType) -> ParamSpec
 # ---------------------------------------------------------------- --set overrides
 
 
+def _candidates(param: ParamSpec) -> list[Any]:
+    """The values of a searched key worth checking: every choice, every integer of a short
+    range, else the bounds."""
+    if isinstance(param, CategoricalParam):
+        return list(param.choices)
+    if isinstance(param, IntParam) and (param.high - param.low) // param.step < 64:
+        return list(range(param.low, param.high + 1, param.step))
+    return [param.low, param.high]
+
+
+def combination_error(task: Task, base: Mapping[str, Any], params: Mapping[str, ParamSpec]) -> str | None:
+    """The first reason ``task.config_error`` gives for a config the study can sample: ``base``
+    with each combination of the searched keys' candidate values (one key at a time past 100k)."""
+    if type(task).config_error is Task.config_error:
+        return None  # no constraint between keys: nothing to enumerate
+    grids = {key: _candidates(param) for key, param in params.items()}
+    if math.prod(len(g) for g in grids.values()) <= 100_000:
+        combos: Any = (dict(zip(grids, values, strict=True)) for values in itertools.product(*grids.values()))
+    else:
+        first = {key: g[0] for key, g in grids.items()}
+        combos = ({**first, key: value} for key, g in grids.items() for value in g)
+    for combo in combos:
+        if error := task.config_error({**base, **combo}):
+            return error
+    return None
+
+
 def parse_overrides(spec: StudySpec, items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings -> a dict, each checked against the study and the task's types.
 
@@ -585,6 +622,11 @@ def parse_overrides(spec: StudySpec, items: list[str]) -> dict[str, Any]:
         if not types[key].accepts(value):
             raise UserError(f"--set {key}={text}: {key} must be {types[key].describe()}")
         out[key] = value
+    if spec.types is None and spec.command is None:  # a built-in task: its constraints between keys
+        task = get_task(spec.task)
+        searched = {k: p for k, p in spec.params.items() if k not in out}
+        if error := combination_error(task, {**task.defaults, **spec.fixed, **out}, searched):
+            raise UserError(f"--set {' '.join(items)}: {error}")
     return out
 
 

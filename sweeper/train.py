@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .tasks.base import EvalResult, Task, TaskRun
+from .tasks.base import SCHEDULES, EvalResult, Task, TaskRun
 
 
 class Reporter(Protocol):
@@ -64,11 +64,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.01) -> float:
-    """Linear warmup from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``."""
+def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.01,
+              schedule: str = "cosine", restart_steps: int = 0, restart_mult: int = 2) -> float:
+    """The lr multiplier at ``step``: linear warmup from 0 to 1 over ``warmup_steps``, then
+
+    - ``cosine``: one cosine decay to ``min_ratio`` at ``total_steps``;
+    - ``cosine_restarts``: SGDR, cosine decays to ``min_ratio`` restarting at the peak, the
+      first after ``restart_steps``, each period ``restart_mult`` times the last;
+    - ``plateau``: 1 (``ReduceLROnPlateau`` lowers the lr from there, per evaluation).
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    if schedule == "plateau":
+        return 1.0
+    t, period = step - warmup_steps, max(total_steps - warmup_steps, 1)
+    if schedule == "cosine_restarts":
+        period = max(restart_steps, 1)
+        while t >= period:
+            t, period = t - period, period * max(restart_mult, 1)
+    progress = t / period
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -87,13 +101,15 @@ def fit(
 ) -> FitResult:
     """Train ``task`` with ``config`` and return the best validation metric.
 
-    The loop: AdamW; linear warmup for ``warmup_epochs`` then cosine decay over
-    ``epochs``; gradient clipping at ``clip_norm`` (``None`` = off) whose
-    pre-clip norm goes to the monitor; evaluation every epoch, reported to
-    ``reporter`` (which may prune); early stop after ``patience`` epochs without
-    improvement (``None`` = off). With ``checkpoint_dir`` it writes ``last.pt``
-    and ``best.pt`` (each holding the config) every epoch and resumes from
-    ``last.pt`` when one is there.
+    The loop: AdamW; linear warmup for ``warmup_epochs`` then the ``schedule``
+    (``cosine`` decay over ``epochs``, the default; ``cosine_restarts`` every
+    ``restart_epochs``, each period ``restart_mult`` x longer; ``plateau``: halve
+    the lr after ``plateau_patience`` evaluations without improvement); gradient
+    clipping at ``clip_norm`` (``None`` = off) whose pre-clip norm goes to the
+    monitor; evaluation every epoch, reported to ``reporter`` (which may prune);
+    early stop after ``patience`` epochs without improvement (``None`` = off).
+    With ``checkpoint_dir`` it writes ``last.pt`` and ``best.pt`` (each holding
+    the config) every epoch and resumes from ``last.pt`` when one is there.
     """
     started = time.perf_counter()
     seed_everything(int(config["seed"]))
@@ -105,10 +121,22 @@ def fit(
     epochs = int(config["epochs"])
     steps_per_epoch = run.steps_per_epoch
     warmup_steps = round(float(config["warmup_epochs"]) * steps_per_epoch)
+    schedule = str(config.get("schedule", "cosine"))
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    restart_steps = round(float(config.get("restart_epochs", 5)) * steps_per_epoch)
+    restart_mult = int(config.get("restart_mult", 2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: lr_lambda(s, warmup_steps=warmup_steps, total_steps=epochs * steps_per_epoch),
+        lambda s: lr_lambda(s, warmup_steps=warmup_steps, total_steps=epochs * steps_per_epoch,
+                            schedule=schedule, restart_steps=restart_steps, restart_mult=restart_mult),
     )
+    # after warmup the plateau schedule halves the lr when the metric stalls; the warmup
+    # LambdaLR then stops stepping, or it would set the lr back to its peak
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min" if task.direction == "minimize" else "max", factor=0.5,
+        patience=int(config.get("plateau_patience", 2)), min_lr=1e-6,
+    ) if schedule == "plateau" else None
     clip_norm = config.get("clip_norm")
     patience = config.get("patience")
     if monitor is not None:
@@ -122,6 +150,8 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if plateau is not None:
+            plateau.load_state_dict(state["plateau"])
         torch.set_rng_state(state["torch_rng"])
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
@@ -144,20 +174,23 @@ def fit(
             if monitor is not None:
                 monitor.after_backward(loss.detach(), grad_norm.detach(), step=step)
             optimizer.step()
-            scheduler.step()
+            if plateau is None or step < warmup_steps:
+                scheduler.step()
             step += 1
 
         model.eval()
         with torch.no_grad():
             result = run.evaluate()
         value = result.metrics[task.metric]
-        row = {"epoch": float(epoch), **result.metrics, "lr": scheduler.get_last_lr()[0]}
+        row = {"epoch": float(epoch), **result.metrics, "lr": optimizer.param_groups[0]["lr"]}
         history.append(row)
+        if plateau is not None and step >= warmup_steps:
+            plateau.step(value)
         improved = best_epoch < 0 or _better(value, best, task.direction)
         if improved:
             best, best_epoch = value, epoch
         if checkpoint_dir is not None:
-            _save_checkpoint(checkpoint_dir, config, model, optimizer, scheduler, run, epoch,
+            _save_checkpoint(checkpoint_dir, config, model, optimizer, scheduler, plateau, run, epoch,
                              history, best, best_epoch, improved)
         if monitor is not None:
             monitor.after_eval(epoch, result.metrics, result.outputs)
@@ -177,7 +210,7 @@ def fit(
 
 def _save_checkpoint(
     folder: Path, config: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any, run: TaskRun, epoch: int, history: list[dict[str, float]], best: float,
+    scheduler: Any, plateau: Any, run: TaskRun, epoch: int, history: list[dict[str, float]], best: float,
     best_epoch: int, improved: bool,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +218,7 @@ def _save_checkpoint(
         "config": dict(config), "epoch": epoch, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(), "history": history, "best": best, "best_epoch": best_epoch,
-        "data": run.state_dict(),
+        "data": run.state_dict(), "plateau": plateau.state_dict() if plateau is not None else None,
     }
     # write then rename: a kill mid-write never leaves a torn checkpoint
     tmp = folder / "last.pt.tmp"

@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,3 +61,15 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
 def tree(path: Path) -> set[str]:
     """Every file and folder under ``path`` (to prove a command wrote nothing)."""
     return {str(p.relative_to(path)) for p in path.rglob("*")}
+
+
+def run_study_file(name: str, cwd: Path, *, trials: int, epochs: int) -> optuna.Study:
+    """``sweeper run studies/NAME.yaml`` (the repository's file) on a small budget in ``cwd``, as
+    ``make sweep STUDY=NAME TRIALS=.. ARGS='--set epochs=..'`` runs it; checks the budget and summary."""
+    proc = run_cli("run", str(REPO / "studies" / f"{name}.yaml"), "--trials", str(trials), "--set",
+                   f"epochs={epochs}", "--no-progress", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/results/{name}/study.db")
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == trials
+    assert (cwd / "results" / name / "summary.md").exists()
+    return study

@@ -15,7 +15,7 @@ import sweeper.sweep as sweep_module
 from sweeper.ablation import CELL_ATTR, SEED_ATTR, ablation_table, design
 from sweeper.cli import main
 
-from .conftest import tree
+from .conftest import REPO, run_cli, tree
 
 BASE = {"lr": 1e-3, "dropout": 0.0, "clip_norm": 1.0, "seed": 0, "epochs": 2}
 BEST = {"lr": 5e-3, "dropout": 0.2, "clip_norm": 1.0, "seed": 0, "epochs": 2}
@@ -71,6 +71,8 @@ def test_table_statistics_paired_by_seed() -> None:
     assert table.loc["baseline", "p (paired by seed)"] == pytest.approx(p)
     assert math.isnan(table.loc["best", "p (paired by seed)"])
     assert table.loc["best-dropout", "runs"] == 2 and table.loc["best-dropout", "health-pruned"] == 1
+    assert table.loc["best-dropout", "health reasons"] == "grad_explosion 1"
+    assert table.loc["best", "health reasons"] == ""
     assert table.loc["best-dropout", "mean"] == 0.2 and math.isnan(table.loc["best-dropout", "std"])
     assert table.loc["baseline+dropout", "runs"] == 3  # the runs of best-lr
 
@@ -121,7 +123,7 @@ def test_ablation_killed_midway_resumes_with_only_the_missing_runs(
     assert (table["runs"] == 2).all()
     assert {"best", "baseline", "best-lr", "best-dropout", "baseline+lr", "baseline+dropout"} <= set(table.index)
     md = (workdir / "results/tiny/ablation.md").read_text()
-    assert "| cell | kind | change | runs | health-pruned | mean | std | ci95 low | ci95 high |" in md
+    assert "| cell | kind | change | runs | health-pruned | health reasons | mean | std | ci95 low |" in md
     # the runs really used their cell's config and seed
     for t in trials:
         if t.state == TrialState.COMPLETE:
@@ -173,3 +175,72 @@ def test_ablation_without_a_completed_trial_exits_2(workdir: Path, monkeypatch: 
     capsys.readouterr()
     assert main(["ablate", "tiny"]) == 2
     assert "has no completed trial: there is no best config to ablate" in capsys.readouterr().err
+
+
+FIX_LIST = """
+ablation:
+  seeds: 1
+  baseline: {lr: 0.001, dropout: 0.0}
+  target: {lr: 0.005, dropout: 0.2}
+"""
+
+
+def test_a_fix_list_is_ablated_without_a_search(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = workdir / "studies" / "tiny.yaml"
+    spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 1") + FIX_LIST)
+    assert main(["ablate", "tiny", "--no-progress"]) == 0  # no `sweeper run` before: the target is given
+    assert "target = `ablation.target` in the study file (lr=0.005, dropout=0.2)" in capsys.readouterr().out
+    table = pd.read_csv(workdir / "results/tiny/ablation.csv").set_index("cell")
+    assert list(table.index) == ["target", "baseline", "target-lr", "target-dropout", "baseline+lr",
+                                 "baseline+dropout"]
+    assert table.loc["target-lr", "change"] == "0.005 -> 0.001" and "diff to target" in table.columns
+    assert table.loc["target", "diff to target"] == 0 and (table["runs"] == 1).all()
+    configs = {t.user_attrs[CELL_ATTR]: t.user_attrs["config"] for t in _ablation_trials(workdir)}
+    assert len(configs) == 4  # two factors: the leave-one-in cells are the leave-one-out ones
+    assert (configs["target"]["lr"], configs["target"]["dropout"]) == (0.005, 0.2)
+    assert configs["target"]["clip_norm"] == configs["baseline"]["clip_norm"] == 1.0  # the task default
+    assert "Target: `ablation.target` in the study file" in (workdir / "results/tiny/ablation.md").read_text()
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("target: {lr: 0.001}", "`ablation.target` changes nothing: every key it sets has the baseline's value"),
+    ("target: {}", "`ablation.target` must be the keys a fix list changes, with their new values, got {}"),
+    ("target: {momentum: 0.9}", "`ablation.target.momentum` is not in the study"),
+    ("target: {lr: fast}", "`ablation.target.lr` must be a number, got 'fast'"),
+])
+def test_a_bad_target_exits_2_and_writes_nothing(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                                 section: str, message: str) -> None:
+    spec = workdir / "studies" / "tiny.yaml"
+    spec.write_text(spec.read_text() + f"ablation:\n  baseline: {{lr: 0.001, dropout: 0.0}}\n  {section}\n")
+    before = tree(workdir)
+    assert main(["ablate", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "tiny.yaml" in err[0]
+    assert tree(workdir) == before
+
+
+@pytest.mark.slow  # two CLI runs, 8 trainings: CI runs it (make test-all)
+def test_the_ctc_fix_list_study_searches_and_ablates_on_a_small_budget(tmp_path: Path) -> None:
+    text = (REPO / "studies" / "ctc_fixlist.yaml").read_text()
+    small = (text.replace("epochs: 20", "epochs: 2").replace("seeds: 3", "seeds: 1")
+             .replace("  batch_size: 32\n", "  batch_size: 32\n  train_strips: 256\n  val_strips: 64\n"))
+    assert small.count("train_strips") == 1 and "epochs: 2" in small
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "ctc_fixlist.yaml").write_text(small)
+    proc = run_cli("run", "ctc_fixlist", "--trials", "2", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("ablate", "ctc_fixlist", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "results/ctc_fixlist/ablation.csv").set_index("cell")
+    fixes = ["lr", "warmup_epochs", "weight_decay", "dropout", "downsample"]
+    assert set(table.index) == {"target", "baseline", *(f"target-{f}" for f in fixes),
+                                *(f"baseline+{f}" for f in fixes)}
+    assert table.loc["baseline+lr", "change"] == "1.0e-04 -> 3.0e-04"
+    # 32x downsampling leaves fewer frames than digits: every cell that keeps it is stopped before training
+    at_32x = {"baseline", "target-downsample", *(f"baseline+{f}" for f in fixes if f != "downsample")}
+    for cell in table.index:
+        assert table.loc[cell, "health-pruned"] == (1 if cell in at_32x else 0), cell
+        assert (table.loc[cell, "health reasons"] == "ctc_infeasible 1") == (cell in at_32x), cell
+    trials = optuna.load_study(study_name="ctc_fixlist-ablation",
+                               storage=f"sqlite:///{tmp_path}/results/ctc_fixlist/study.db").get_trials()
+    assert {t.user_attrs["health.reason"] for t in trials if t.state == TrialState.PRUNED} == {"ctc_infeasible"}

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
 
 from sweeper.health import HealthMonitor, HealthPruned
 from sweeper.tasks import get_task
 from sweeper.tasks.classify_many import build_numbers, macro_f1
 from sweeper.train import fit
 
-from .conftest import REPO, run_cli
+from .conftest import run_study_file
 
 
 def test_sixty_numbers_from_few_uneven_samples_deterministic() -> None:
@@ -54,11 +52,5 @@ def test_a_high_learning_rate_collapses_the_classes_and_the_monitor_says_so() ->
 
 
 def test_the_study_file_runs_on_a_small_budget(tmp_path: Path) -> None:
-    proc = run_cli("run", str(REPO / "studies" / "classify_many.yaml"), "--trials", "3", "--set", "epochs=4",
-                   "--no-progress", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    study = optuna.load_study(study_name="classify_many",
-                              storage=f"sqlite:///{tmp_path}/results/classify_many/study.db")
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
+    study = run_study_file("classify_many", tmp_path, trials=3, epochs=4)
     assert {"lr", "loss", "width", "depth"} <= set(study.trials[0].params)
-    assert (tmp_path / "results" / "classify_many" / "summary.md").exists()

@@ -160,7 +160,7 @@ def test_unknown_keys_with_did_you_mean(changes: dict[str, Any], match: str) -> 
     ("changes", "match"),
     [
         ({"task": "ctc_digit"},
-         r"`task` must be one of classify_many, ctc_digits or module:function, got 'ctc_digit' "
+         r"`task` must be one of binary_imbalanced, classify_many, ctc_digits or module:function, got 'ctc_digit' "
          r"\(did you mean 'ctc_digits'\?\)"),
         ({"sampler": {"type": "tpee"}}, r"`sampler.type` must be tpe, random, cmaes, qmc, gp, got 'tpee'"),
         ({"pruner": {"type": "medain"}}, r"`pruner.type` must be .*got 'medain' \(did you mean 'median'\?\)"),

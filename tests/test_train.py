@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from sweeper.tasks import get_task
-from sweeper.tasks.base import EvalResult
+from sweeper.tasks.base import EvalResult, Task, TaskRun
 from sweeper.train import fit, lr_lambda, resolve_device
 
 
@@ -28,6 +29,53 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert all(a >= b for a, b in itertools.pairwise(after_warmup))  # non-increasing after warmup
     assert values[-1] < 0.05
     assert lr_lambda(0, warmup_steps=0, total_steps=10) == 1.0
+
+
+def test_lr_schedule_cosine_warm_restarts() -> None:
+    values = [lr_lambda(s, warmup_steps=2, total_steps=40, schedule="cosine_restarts", restart_steps=4,
+                        restart_mult=2) for s in range(30)]
+    assert values[:2] == [0.5, 1.0]
+    # restarts at the peak after periods of 4, 8, 16 steps from the end of warmup
+    assert [s for s in range(1, 30) if values[s] > values[s - 1]] == [1, 6, 14]
+    assert values[6] == values[14] == 1.0 and min(values[2:6]) < 0.2
+
+
+class Flat(Task):
+    """A task whose metric never improves: what ReduceLROnPlateau reacts to."""
+
+    name, metric, direction = "flat", "score", "maximize"
+    defaults: Mapping[str, Any] = {}
+    key_types: Mapping[str, Any] = {}
+
+    def setup(self, config: Mapping[str, Any], device: torch.device) -> TaskRun:
+        class Run(TaskRun):
+            model = torch.nn.Linear(2, 1)
+            steps_per_epoch = 3
+
+            def train_batches(self, epoch: int) -> Iterator[torch.Tensor]:
+                return iter([torch.ones(4, 2)] * 3)
+
+            def loss(self, batch: torch.Tensor) -> torch.Tensor:
+                return self.model(batch).pow(2).mean()
+
+            def evaluate(self) -> EvalResult:
+                return EvalResult({"score": 0.5, "loss": 1.0})
+
+        return Run()
+
+
+def test_plateau_schedule_halves_the_lr_when_the_metric_stalls_after_warmup() -> None:
+    config = {"seed": 0, "lr": 0.01, "weight_decay": 0.0, "epochs": 7, "warmup_epochs": 1,
+              "schedule": "plateau", "plateau_patience": 1}
+    lrs = [row["lr"] for row in fit(config, Flat()).history]
+    # warmup reaches the peak in epoch 0; then two evaluations without improvement halve it
+    assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025])
+
+
+def test_unknown_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="schedule must be one of cosine, cosine_restarts, plateau"):
+        fit({"seed": 0, "lr": 0.01, "weight_decay": 0.0, "epochs": 1, "warmup_epochs": 0, "schedule": "step"},
+            Flat())
 
 
 def test_device_auto() -> None:

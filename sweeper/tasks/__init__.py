@@ -6,12 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from .base import EvalResult, KeyType, Task, TaskRun
+from .binary_imbalanced import BinaryImbalanced
 from .classify_many import ClassifyMany
 from .command import CommandTask
 from .ctc_digits import CTCDigits
 from .function import FunctionTask, import_function, is_function_ref
 
-TASKS: dict[str, type[Task]] = {CTCDigits.name: CTCDigits, ClassifyMany.name: ClassifyMany}
+TASKS: dict[str, type[Task]] = {
+    CTCDigits.name: CTCDigits, ClassifyMany.name: ClassifyMany, BinaryImbalanced.name: BinaryImbalanced,
+}
 
 
 def get_task(name: str) -> Task:

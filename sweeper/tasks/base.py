@@ -63,6 +63,19 @@ def format_value(value: Any) -> str:
     return show_value(value)
 
 
+# fit()'s lr schedule after warmup, for every built-in task
+SCHEDULES = ("cosine", "cosine_restarts", "plateau")
+SCHEDULE_DEFAULTS: Mapping[str, Any] = {
+    "schedule": "cosine",     # cosine, cosine_restarts or plateau
+    "restart_epochs": 5,      # cosine_restarts: first period, epochs
+    "restart_mult": 2,        # cosine_restarts: each period this many times the last
+    "plateau_patience": 2,    # plateau: evaluations without improvement before halving the lr
+}
+SCHEDULE_KEY_TYPES: Mapping[str, KeyType] = {
+    "schedule": KeyType("str", choices=SCHEDULES), "restart_epochs": KeyType("float"),
+    "restart_mult": KeyType("int"), "plateau_patience": KeyType("int"),
+}
+
 # the keys fit() reads for every built-in task, with their usual defaults
 FIT_DEFAULTS: Mapping[str, Any] = {
     "lr": 3e-3,               # AdamW peak learning rate
@@ -71,10 +84,12 @@ FIT_DEFAULTS: Mapping[str, Any] = {
     "weight_decay": 1e-4,     # AdamW decoupled weight decay
     "seed": 0,                # python/numpy/torch seed of the run
     "patience": None,         # early stop after this many epochs without improvement
+    **SCHEDULE_DEFAULTS,
 }
 FIT_KEY_TYPES: Mapping[str, KeyType] = {
     "lr": KeyType("float"), "warmup_epochs": KeyType("float"), "clip_norm": KeyType("float", nullable=True),
     "weight_decay": KeyType("float"), "seed": KeyType("int"), "patience": KeyType("int", nullable=True),
+    **SCHEDULE_KEY_TYPES,
 }
 
 
@@ -149,6 +164,12 @@ class Task(ABC):
     @abstractmethod
     def key_types(self) -> Mapping[str, KeyType]:
         """The type of every key in ``defaults`` (checked by the spec and ``--set``)."""
+
+    def config_error(self, config: Mapping[str, Any]) -> str | None:
+        """Why ``config`` cannot run although each value has the right type (out of range, or
+        a constraint between keys), else None. Studies check every combination they can
+        sample, ``sweeper train`` its config, ``setup`` raises it as a ``ValueError``."""
+        return None
 
     @abstractmethod
     def setup(self, config: Mapping[str, Any], device: torch.device) -> TaskRun:

@@ -86,12 +86,24 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
+def config_error(config: Mapping[str, Any]) -> str | None:
+    """Why ``config`` cannot run (``Task.config_error``), else None."""
+    classes, low, high = config["classes"], config["min_per_class"], config["max_per_class"]
+    if not 2 <= classes <= 90:
+        return f"classes must be 2-90 (the numbers 10-99), got {classes}"
+    if not 1 <= low <= high:
+        return f"min_per_class must be >= 1 and <= max_per_class, got {low} and {high}"
+    if config["val_per_class"] < 1:
+        return f"val_per_class must be >= 1, got {config['val_per_class']}"
+    return None
+
+
 class _Run(TaskRun):
     def __init__(self, config: Mapping[str, Any], device: torch.device) -> None:
         self.device = device
+        if error := config_error(config):
+            raise ValueError(error)
         self.classes = int(config["classes"])
-        if not 2 <= self.classes <= 90:
-            raise ValueError(f"classes must be 2-90 (the numbers 10-99), got {self.classes}")
         self.batch_size = int(config["batch_size"])
         self.loss_name = str(config["loss"])
         self.gamma = float(config["focal_gamma"])
@@ -174,6 +186,9 @@ class ClassifyMany(Task):
             "classes": KeyType("int"), "min_per_class": KeyType("int"),
             "max_per_class": KeyType("int"), "val_per_class": KeyType("int"),
         }
+
+    def config_error(self, config: Mapping[str, Any]) -> str | None:
+        return config_error(config)
 
     def setup(self, config: Mapping[str, Any], device: torch.device) -> TaskRun:
         return _Run(config, device)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..losses import CTC_LOSSES, ctc_loss
-from .base import EvalResult, KeyType, Task, TaskRun
+from .base import SCHEDULE_DEFAULTS, SCHEDULE_KEY_TYPES, EvalResult, KeyType, Task, TaskRun
 
 HEIGHT = 10  # 8 pixel rows plus 2 rows of vertical jitter
 DIGIT_WIDTH = 8
@@ -346,6 +346,7 @@ class CTCDigits(Task):
             "batch_size": 32,         # strips per step
             "seed": 0,                # python/numpy/torch seed of the run
             "patience": None,         # early stop after this many epochs without improvement
+            **SCHEDULE_DEFAULTS,      # lr after warmup: cosine (default), cosine_restarts, plateau
             "data_seed": 0,           # which strips are generated (same for every trial)
             "train_strips": 2000,     # training strips per epoch
             "val_strips": 500,        # validation strips
@@ -368,6 +369,7 @@ class CTCDigits(Task):
             "batch_size": KeyType("int"),
             "seed": KeyType("int"),
             "patience": KeyType("int", nullable=True),
+            **SCHEDULE_KEY_TYPES,
             "data_seed": KeyType("int"),
             "train_strips": KeyType("int"),
             "val_strips": KeyType("int"),
