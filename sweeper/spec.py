@@ -193,7 +193,9 @@ SAMPLER_OPTIONS: dict[str, dict[str, tuple[str, Any, str]]] = {
                                                                     "ipop or bipop")},
     "qmc": {"qmc_type": ("str", lambda v: v in ("sobol", "halton"), "sobol or halton"), "scramble": _BOOL},
     "gp": {"n_startup_trials": _NONNEG_INT},
+    "grid": {},
 }
+GRID_LIMIT = 100_000  # points: Optuna's GridSampler holds (and shuffles) every one in memory
 
 _PRUNER_COMMON = {"n_startup_trials": _NONNEG_INT, "n_warmup_steps": _NONNEG_INT, "interval_steps": _POS_INT}
 PRUNER_OPTIONS: dict[str, dict[str, tuple[str, Any, str]]] = {
@@ -332,6 +334,8 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
                 v.fail("task.command", f"{{{field_name}}}", "placeholders naming keys of the study: "
                        + ", ".join(sorted(types)), hint=_did_you_mean(field_name, types))
 
+    if sampler.type == "grid" and (error := grid_error(params, budget.trials, what="`budget.trials`")):
+        raise UserError(f"{path}: {error}")
     if not function_task and (error := combination_error(task, {**task.defaults, **fixed}, params)):
         raise UserError(f"{path}: {error}, a combination the study's `fixed` and `params` allow")
     ablation = _parse_ablation(v, doc.get("ablation", {}), types, fixed, params)
@@ -575,6 +579,58 @@ def _candidates(param: ParamSpec) -> list[Any]:
     if isinstance(param, IntParam) and (param.high - param.low) // param.step < 64:
         return list(range(param.low, param.high + 1, param.step))
     return [param.low, param.high]
+
+
+def _grid_count(param: ParamSpec) -> int | None:
+    """How many values a searched key takes on a grid (None: a float with no ``step``)."""
+    if isinstance(param, CategoricalParam):
+        return len(param.choices)
+    if isinstance(param, IntParam):
+        return (param.high - param.low) // param.step + 1
+    if param.step is None:
+        return None
+    return math.floor((param.high - param.low) / param.step + 1e-9) + 1
+
+
+def grid_space(params: Mapping[str, ParamSpec], skip: frozenset[str] = frozenset()) -> dict[str, list[Any]]:
+    """Every value of every searched key not in ``skip``, for ``sampler.type: grid``
+    (call ``grid_error`` first: a float needs a ``step``)."""
+    space: dict[str, list[Any]] = {}
+    for key, param in params.items():
+        if key in skip:
+            continue
+        if isinstance(param, CategoricalParam):
+            space[key] = list(param.choices)
+        elif isinstance(param, IntParam):
+            space[key] = list(range(param.low, param.high + 1, param.step))
+        else:
+            step = float(param.step or 0.0)
+            # rounded: low + k*step must land on the values suggest_float(step=) allows
+            space[key] = [round(param.low + k * step, 12) for k in range(_grid_count(param) or 0)]
+    return space
+
+
+def grid_error(params: Mapping[str, ParamSpec], trials: int, skip: frozenset[str] = frozenset(),
+               what: str = "the trial budget") -> str | None:
+    """Why ``sampler.type: grid`` cannot run ``trials`` trials over ``params`` (less ``skip``,
+    the keys ``--set`` pins), else None: each point runs at most once."""
+    counts = {}
+    for key, param in params.items():
+        if key in skip:
+            continue
+        count = _grid_count(param)
+        if count is None:
+            return (f"`params.{key}` must have a `step` (or be categorical) with `sampler.type: grid`, "
+                    f"got a float from {show_value(param.low)} to {show_value(param.high)} with no step")
+        counts[key] = count
+    size = math.prod(counts.values())
+    shape = " x ".join(f"{n} {k}" for k, n in counts.items()) or "no searched key"
+    if size > GRID_LIMIT:
+        return f"the grid of `sampler.type: grid` must have at most {GRID_LIMIT} points, got {size} ({shape})"
+    if trials > size:
+        return (f"{what} must be at most the grid's {size} points with `sampler.type: grid` "
+                f"({shape}; each point runs once), got {trials}")
+    return None
 
 
 def combination_error(task: Task, base: Mapping[str, Any], params: Mapping[str, ParamSpec]) -> str | None:

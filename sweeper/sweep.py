@@ -25,10 +25,10 @@ from .errors import SweepFailed, UserError
 from .health import HealthMonitor, HealthPruned, diagnose
 from .health.detectors import merge_options
 from .space import trial_config
-from .spec import StudySpec
+from .spec import StudySpec, grid_error, grid_space
 from .storage import check_writable, open_storage, sqlite_path
 from .tasks import CommandTask, FunctionTask, load_task
-from .tasks.base import EvalResult, format_value
+from .tasks.base import EvalResult, format_value, show_value
 from .train import fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -42,10 +42,15 @@ def results_dir(spec: StudySpec, study_name: str | None = None) -> Path:
     return Path("results") / (study_name or spec.name)
 
 
-def make_sampler(spec: StudySpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, *, seed_offset: int = 0,
+                 pinned: frozenset[str] = frozenset()) -> optuna.samplers.BaseSampler:
     """The spec's sampler; the seed is offset by the trials already in the study so a
-    resumed study does not replay the proposals of its first invocation."""
+    resumed study does not replay the proposals of its first invocation. A grid (over the
+    searched keys not ``pinned`` by ``--set``) keeps its seed: the point a trial runs is an
+    index into the shuffled grid, which every worker and every resume must share."""
     s = spec.sampler
+    if s.type == "grid":
+        return optuna.samplers.GridSampler(grid_space(spec.params, pinned), seed=s.seed)
     seed = None if s.seed is None else s.seed + seed_offset
     opts = dict(s.options)
     if s.type == "tpe":
@@ -171,6 +176,11 @@ class Sweep:
         self.budget = trials if trials is not None else spec.budget.trials
         if self.budget < 1:
             raise UserError(f"--trials must be an integer >= 1, got {self.budget}")
+        if spec.sampler.type == "grid" and (
+                error := grid_error(spec.params, self.budget, frozenset(self.overrides))):
+            given = ([f"--trials {trials}"] if trials is not None else []) + [
+                f"--set {k}={show_value(v)}" for k, v in self.overrides.items() if k in spec.params]
+            raise UserError(f"{spec.path}: {error}" + (f" (with {' '.join(given)})" if given else ""))
         self.task = load_task(spec)
         self.out = out
         self.progress = progress
@@ -281,7 +291,7 @@ class Sweep:
         """Called before each trial is asked for (a subclass may enqueue trials here)."""
 
     def make_sampler(self, seed_offset: int) -> optuna.samplers.BaseSampler:
-        return make_sampler(self.spec, seed_offset=seed_offset)
+        return make_sampler(self.spec, seed_offset=seed_offset, pinned=frozenset(self.overrides))
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         return make_pruner(self.spec)

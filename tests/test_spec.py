@@ -162,7 +162,7 @@ def test_unknown_keys_with_did_you_mean(changes: dict[str, Any], match: str) -> 
         ({"task": "ctc_digit"},
          r"`task` must be one of binary_imbalanced, classify_many, ctc_digits or module:function, got 'ctc_digit' "
          r"\(did you mean 'ctc_digits'\?\)"),
-        ({"sampler": {"type": "tpee"}}, r"`sampler.type` must be tpe, random, cmaes, qmc, gp, got 'tpee'"),
+        ({"sampler": {"type": "tpee"}}, r"`sampler.type` must be tpe, random, cmaes, qmc, gp, grid, got 'tpee'"),
         ({"pruner": {"type": "medain"}}, r"`pruner.type` must be .*got 'medain' \(did you mean 'median'\?\)"),
         ({"pruner": {"type": "percentile"}}, r"missing required key `pruner.percentile`"),
         ({"pruner": {"type": "percentile", "percentile": 101}}, r"`pruner.percentile` must be a number from 0 to 100"),
@@ -298,3 +298,41 @@ class TestHealthSection:
         else:
             bad(r"`health.class_collapse.patience` must be an integer >= 0",
                 health={"class_collapse": {"patience": value}})
+
+
+GRID_PARAMS = {
+    "warmup_epochs": {"type": "int", "low": 0, "high": 4, "step": 2},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.3, "step": 0.1},
+    "clip_norm": {"type": "categorical", "choices": [None, 1.0]},
+}
+
+
+def test_a_grid_is_every_combination_of_categorical_int_and_stepped_float_values() -> None:
+    from sweeper.spec import grid_space
+    from sweeper.sweep import make_sampler
+
+    spec = spec_with(sampler={"type": "grid"}, params=GRID_PARAMS, budget__trials=24)
+    assert grid_space(spec.params) == {"warmup_epochs": [0, 2, 4], "dropout": [0.0, 0.1, 0.2, 0.3],
+                                       "clip_norm": [None, 1.0]}
+    assert grid_space(spec.params, frozenset({"dropout"})) == {"warmup_epochs": [0, 2, 4], "clip_norm": [None, 1.0]}
+    assert make_sampler(spec) is not None
+
+
+def test_a_grid_needs_a_step_on_every_float() -> None:
+    bad(r"`params.lr` must have a `step` \(or be categorical\) with `sampler.type: grid`, got a float from "
+        r"0.0001 to 0.1 with no step", sampler={"type": "grid"}, budget__trials=1)
+
+
+@pytest.mark.parametrize(("trials", "ok"), [(24, True), (25, False)])
+def test_a_grid_budget_is_at_most_its_points(trials: int, ok: bool) -> None:
+    if ok:
+        assert spec_with(sampler={"type": "grid"}, params=GRID_PARAMS, budget__trials=trials).budget.trials == 24
+    else:
+        bad(r"`budget.trials` must be at most the grid's 24 points with `sampler.type: grid` \(3 warmup_epochs "
+            r"x 4 dropout x 2 clip_norm; each point runs once\), got 25",
+            sampler={"type": "grid"}, params=GRID_PARAMS, budget__trials=trials)
+
+
+def test_a_grid_of_more_than_the_limit_is_refused() -> None:
+    bad(r"the grid of `sampler.type: grid` must have at most 100000 points, got 200001",
+        sampler={"type": "grid"}, params={"seed": {"type": "int", "low": 0, "high": 200000}}, budget__trials=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 import weakref
 from pathlib import Path
@@ -246,3 +247,53 @@ def test_sweep_api_in_process(workdir: Path) -> None:
     outcome = Sweep(load_spec("tiny"), overrides={"epochs": 1}, trials=2, out=out, progress=False).run()
     assert outcome.ran == 2 and outcome.counts == {"COMPLETE": 2} and not outcome.interrupted
     assert out.getvalue().count("COMPLETE") == 2
+
+
+# -- sampler.type: grid: every combination once, across resumes and workers
+
+def _grid_study(workdir: Path) -> None:
+    text = (workdir / "studies" / "tiny.yaml").read_text()
+    text = text.replace("sampler:\n  type: tpe\n  seed: 0\n", "sampler:\n  type: grid\n  seed: 3\n")
+    text = text[:text.index("params:")] + (
+        "params:\n"
+        "  lr: {type: categorical, choices: [1.0e-3, 5.0e-3]}\n"
+        "  dropout: {type: float, low: 0.0, high: 0.2, step: 0.1}\n"
+        "  clip_norm: {type: categorical, choices: [null, 1.0]}\n")
+    (workdir / "studies" / "grid.yaml").write_text(text.replace("name: tiny", "name: grid"))
+
+
+GRID_POINTS = {json.dumps({"clip_norm": c, "dropout": d, "lr": lr}, sort_keys=True)
+               for lr in (1e-3, 5e-3) for d in (0.0, 0.1, 0.2) for c in (None, 1.0)}
+
+
+def test_a_grid_study_runs_every_point_once_across_a_resume_and_two_workers(workdir: Path) -> None:
+    from .conftest import run_cli
+
+    _grid_study(workdir)
+    assert main(["run", "grid", "--trials", "5", "--set", "epochs=1", "--no-progress"]) == 0
+    # resumed by two worker processes: the grid's order must be the one the first run used
+    proc = run_cli("run", "grid", "--trials", "12", "--workers", "2", "--set", "epochs=1", "--no-progress",
+                   cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="grid", storage="sqlite:///results/grid/study.db").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
+    assert len({t.user_attrs["worker"] for t in trials[5:]}) == 2
+    assert {json.dumps(t.params, sort_keys=True) for t in trials} == GRID_POINTS
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["--trials", "13"], r"the trial budget must be at most the grid's 12 points .*got 13 \(with --trials 13\)"),
+    (["--trials", "7", "--set", "lr=0.001"],
+     r"at most the grid's 6 points .*\(3 dropout x 2 clip_norm; .*got 7 \(with --trials 7 --set lr=0.001\)"),
+])
+def test_a_budget_beyond_the_grid_is_one_line_exit_2_and_writes_nothing(
+        workdir: Path, capsys: pytest.CaptureFixture[str], args: list[str], match: str) -> None:
+    from .conftest import tree
+
+    _grid_study(workdir)
+    before = tree(workdir)
+    assert main(["run", "grid", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "grid.yaml" in err
+    assert re.search(match, err), err
+    assert tree(workdir) == before
