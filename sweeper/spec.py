@@ -571,16 +571,6 @@ def _parse_param(v: _Validator, key: str, raw: Any, ktype: KeyType) -> ParamSpec
 # ---------------------------------------------------------------- --set overrides
 
 
-def _candidates(param: ParamSpec) -> list[Any]:
-    """The values of a searched key worth checking: every choice, every integer of a short
-    range, else the bounds."""
-    if isinstance(param, CategoricalParam):
-        return list(param.choices)
-    if isinstance(param, IntParam) and (param.high - param.low) // param.step < 64:
-        return list(range(param.low, param.high + 1, param.step))
-    return [param.low, param.high]
-
-
 def _grid_count(param: ParamSpec) -> int | None:
     """How many values a searched key takes on a grid (None: a float with no ``step``)."""
     if isinstance(param, CategoricalParam):
@@ -592,22 +582,29 @@ def _grid_count(param: ParamSpec) -> int | None:
     return math.floor((param.high - param.low) / param.step + 1e-9) + 1
 
 
+def _grid_values(param: ParamSpec) -> list[Any]:
+    """Every value a searched key takes on a grid (a float needs a ``step``: ``_grid_count``)."""
+    if isinstance(param, CategoricalParam):
+        return list(param.choices)
+    if isinstance(param, IntParam):
+        return list(range(param.low, param.high + 1, param.step))
+    step = float(param.step) if param.step is not None else 0.0
+    # rounded: low + k*step must land on the values suggest_float(step=) allows
+    return [round(param.low + k * step, 12) for k in range(_grid_count(param) or 0)]
+
+
+def _candidates(param: ParamSpec) -> list[Any]:
+    """The values of a searched key worth checking: every choice, every integer of a short
+    range, else the bounds."""
+    if isinstance(param, CategoricalParam) or (isinstance(param, IntParam) and (_grid_count(param) or 0) <= 64):
+        return _grid_values(param)
+    return [param.low, param.high]
+
+
 def grid_space(params: Mapping[str, ParamSpec], skip: frozenset[str] = frozenset()) -> dict[str, list[Any]]:
     """Every value of every searched key not in ``skip``, for ``sampler.type: grid``
     (call ``grid_error`` first: a float needs a ``step``)."""
-    space: dict[str, list[Any]] = {}
-    for key, param in params.items():
-        if key in skip:
-            continue
-        if isinstance(param, CategoricalParam):
-            space[key] = list(param.choices)
-        elif isinstance(param, IntParam):
-            space[key] = list(range(param.low, param.high + 1, param.step))
-        else:
-            step = float(param.step or 0.0)
-            # rounded: low + k*step must land on the values suggest_float(step=) allows
-            space[key] = [round(param.low + k * step, 12) for k in range(_grid_count(param) or 0)]
-    return space
+    return {key: _grid_values(param) for key, param in params.items() if key not in skip}
 
 
 def grid_error(params: Mapping[str, ParamSpec], trials: int, skip: frozenset[str] = frozenset(),

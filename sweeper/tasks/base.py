@@ -140,6 +140,20 @@ class TaskRun(ABC):
         """Restore what ``state_dict`` returned."""
 
 
+class ShuffledRun(TaskRun):
+    """A ``TaskRun`` whose batch order (and any other training randomness) comes from one
+    seeded ``self._generator``, saved in checkpoints so a resumed run draws what an
+    uninterrupted one would have drawn."""
+
+    _generator: torch.Generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batch_order": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._generator.set_state(state["batch_order"])
+
+
 class Task(ABC):
     """A built-in training problem.
 

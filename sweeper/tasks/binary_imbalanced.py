@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
 from ..losses import classification_loss
-from .base import FIT_DEFAULTS, FIT_KEY_TYPES, EvalResult, KeyType, Task, TaskRun
+from .base import FIT_DEFAULTS, FIT_KEY_TYPES, EvalResult, KeyType, ShuffledRun, Task, TaskRun
 from .ctc_digits import _digit_images, split_sources
 
 POSITIVE_DIGIT = 9
@@ -114,7 +114,7 @@ def config_error(config: Mapping[str, Any]) -> str | None:
     return f"width must be a multiple of heads, got width {width} and heads {heads}" if width % heads else None
 
 
-class _Run(TaskRun):
+class _Run(ShuffledRun):
     def __init__(self, config: Mapping[str, Any], device: torch.device) -> None:
         if error := config_error(config):
             raise ValueError(error)
@@ -175,12 +175,6 @@ class _Run(TaskRun):
         # predictions, not logits: a model trained on rebalanced classes is not calibrated to the
         # 6% prior, so its validation loss says nothing about chance (chance_plateau's loss check)
         return EvalResult(metrics=metrics, outputs={"predictions": pred, "targets": label})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"batch_order": self._generator.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._generator.set_state(state["batch_order"])
 
 
 class BinaryImbalanced(Task):

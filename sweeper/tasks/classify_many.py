@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..losses import CLASSIFICATION_LOSSES, classification_loss
-from .base import FIT_DEFAULTS, FIT_KEY_TYPES, EvalResult, KeyType, Task, TaskRun
+from .base import FIT_DEFAULTS, FIT_KEY_TYPES, EvalResult, KeyType, ShuffledRun, Task, TaskRun
 from .ctc_digits import _digit_images, split_sources
 
 FEATURES = 8 * 16
@@ -98,7 +98,7 @@ def config_error(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-class _Run(TaskRun):
+class _Run(ShuffledRun):
     def __init__(self, config: Mapping[str, Any], device: torch.device) -> None:
         self.device = device
         if error := config_error(config):
@@ -139,12 +139,6 @@ class _Run(TaskRun):
             "classes_predicted": float(len(torch.unique(pred))),
         }
         return EvalResult(metrics=metrics, outputs={"logits": logits.detach(), "targets": self.vy})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"batch_order": self._generator.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._generator.set_state(state["batch_order"])
 
 
 class ClassifyMany(Task):

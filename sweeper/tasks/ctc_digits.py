@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..losses import CTC_LOSSES, ctc_loss
-from .base import SCHEDULE_DEFAULTS, SCHEDULE_KEY_TYPES, EvalResult, KeyType, Task, TaskRun
+from .base import SCHEDULE_DEFAULTS, SCHEDULE_KEY_TYPES, EvalResult, KeyType, ShuffledRun, Task, TaskRun
 
 HEIGHT = 10  # 8 pixel rows plus 2 rows of vertical jitter
 DIGIT_WIDTH = 8
@@ -217,7 +217,7 @@ class CTCRecognizer(nn.Module):
         return logits.log_softmax(-1).transpose(0, 1), lengths
 
 
-class _CTCDigitsRun(TaskRun):
+class _CTCDigitsRun(ShuffledRun):
     def __init__(self, config: Mapping[str, Any], device: torch.device) -> None:
         self.device = device
         self.batch_size = int(config["batch_size"])
@@ -272,12 +272,6 @@ class _CTCDigitsRun(TaskRun):
             "output_lengths": downsampled_length(self.train.widths, self.model.downsample),
             "required_lengths": torch.tensor([required_frames(lab) for lab in self.train.labels]),
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"batch_order": self._generator.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._generator.set_state(state["batch_order"])
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, widths, targets, target_lengths = batch
