@@ -3,7 +3,7 @@
 within 2 epochs) and false alarms (healthy runs pruned at all), per code, with each
 miss and false alarm named.
 
-    python bench/health_zoo.py [--seeds 3] [--jobs 2] [--cases NAME ...] [--quick]
+    python bench/health_zoo.py [--seeds 3] [--first-seed 0] [--jobs 2] [--cases NAME ...] [--quick]
     python bench/health_zoo.py --unmonitored     # the sick cases without the monitor: are they sick?
 
 Runs are spread over ``--jobs`` processes of one torch thread each.
@@ -34,6 +34,7 @@ def _one(job: tuple[str, int, bool]) -> CaseResult:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cases", nargs="*", help="only these cases")
     parser.add_argument("--quick", action="store_true", help="only the subset the default tests run")
@@ -43,7 +44,8 @@ def main() -> None:
     cases = [c for c in CASES if (not args.cases or c.name in args.cases) and (not args.quick or c.quick)]
     if args.unmonitored:
         cases = [c for c in cases if c.sick]
-    jobs = [(c.name, seed, not args.unmonitored) for c in cases for seed in range(args.seeds)]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(c.name, seed, not args.unmonitored) for c in cases for seed in seeds]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(_one, jobs))

@@ -460,16 +460,16 @@ def _parse_health(v: _Validator, raw: Any) -> HealthSpec:
             detectors[name] = value
             continue
         opts = v.mapping(value, f"health.{name}")
-        allowed = cls.options()
+        allowed, nullable = cls.options(), cls.optional()
         v.known_keys(opts, ("enabled", *allowed), f"health.{name}.", noun=f"option of {name}")
         for key, val in opts.items():
             kind = bool if key == "enabled" else allowed[key]
-            ok = isinstance(val, bool) if kind is bool else (
+            ok = (val is None and key in nullable) or (isinstance(val, bool) if kind is bool else (
                 _is_number(val) and val >= 0 if kind is float else
-                isinstance(val, int) and not isinstance(val, bool) and val >= 0)
+                isinstance(val, int) and not isinstance(val, bool) and val >= 0))
             if not ok:
-                v.fail(f"health.{name}.{key}", val, {bool: "true or false", float: "a number >= 0",
-                                                     int: "an integer >= 0"}[kind])
+                allowed_text = {bool: "true or false", float: "a number >= 0", int: "an integer >= 0"}[kind]
+                v.fail(f"health.{name}.{key}", val, allowed_text + (" or null (off)" if key in nullable else ""))
         detectors[name] = opts
     return HealthSpec(enabled=enabled, check_every=check_every, diagnose_after=diagnose_after, detectors=detectors)
 

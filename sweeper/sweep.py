@@ -23,7 +23,6 @@ from optuna.trial import FrozenTrial, TrialState
 from .budget_lock import BudgetLock
 from .errors import SweepFailed, UserError
 from .health import HealthMonitor, HealthPruned, diagnose
-from .health.detectors import merge_options
 from .space import trial_config
 from .spec import StudySpec, grid_error, grid_space
 from .storage import check_writable, open_storage, sqlite_path
@@ -301,7 +300,7 @@ class Sweep:
         h = self.spec.health
         if not h.enabled:
             return None
-        return {"detectors": merge_options(self.task.health_defaults, h.detectors), "check_every": h.check_every,
+        return {"detectors": h.detectors, "check_every": h.check_every,
                 "warmup_epochs": float(config.get("warmup_epochs") or 0.0), "metric": self.spec.metric,
                 "chance_metric": self.task.chance_metric}
 
@@ -320,18 +319,29 @@ class Sweep:
         started = time.monotonic()
         failed: list[FrozenTrial] = []
         finished_here: list[FrozenTrial] = []
+        diagnosing = self.spec.health.diagnose_after > 0
+        noted = False
 
         def on_trial(study: optuna.Study, t: FrozenTrial) -> None:
+            nonlocal diagnosing, noted
             outcome.ran += 1
             if t.state == TrialState.FAIL:
                 failed.append(t)
             if t.state in FINISHED:
                 bar.update(1)
             bar.write(trial_line(t, self.spec), file=self.out or sys.stdout)
-            if t.state in FINISHED and outcome.diagnosis is None:
+            if t.state in FINISHED and diagnosing:
                 # this invocation's trials only: after a fix, the same command must be able to go on
                 finished_here.append(t)
-                outcome.diagnosis = diagnose(finished_here, self.spec.health.diagnose_after)
+                found = diagnose(finished_here, self.spec.health.diagnose_after)
+                first_code = finished_here[0].user_attrs.get("health.reason")
+                if t.user_attrs.get("health.reason") != first_code:
+                    diagnosing = False  # the early trials no longer share one code
+                elif found is not None and found.bug:
+                    outcome.diagnosis, diagnosing = found.message, False
+                elif found is not None and not noted:
+                    noted = True
+                    bar.write(f"note: {found.message}", file=self.out or sys.stdout)
 
         main_thread = _is_main_thread()  # signal handlers can only be set from the main thread
         previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)

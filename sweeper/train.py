@@ -25,7 +25,8 @@ class Reporter(Protocol):
 class Monitor(Protocol):
     """Hooks the health monitor implements (see ``sweeper.health.HealthMonitor``)."""
 
-    def watch(self, model: torch.nn.Module) -> None: ...
+    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+              scaler: torch.amp.GradScaler | None = None) -> None: ...
 
     def check_data(self, outputs: Mapping[str, torch.Tensor]) -> None: ...
 
@@ -140,7 +141,7 @@ def fit(
     clip_norm = config.get("clip_norm")
     patience = config.get("patience")
     if monitor is not None:
-        monitor.watch(model)
+        monitor.watch(model, optimizer)
         monitor.check_data(run.preflight())
 
     history: list[dict[str, float]] = []

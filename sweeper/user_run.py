@@ -5,7 +5,7 @@ trial; a handful of calls on ``run`` give that loop the health monitor and the p
 
     def train(config: dict, run: sweeper.Run) -> float:
         model, optimizer = ..., ...
-        run.watch(model)                      # the parameters the monitor watches
+        run.watch(model, optimizer)           # what the monitor watches (+ scaler=... under AMP)
         for epoch in range(config["epochs"]):
             for x, y in loader:
                 loss = ...; loss.backward()
@@ -70,10 +70,14 @@ class Run:
         self._step = 0
         self._sink: _JsonLines | None = reporter if isinstance(reporter, _JsonLines) else None
 
-    def watch(self, model: nn.Module) -> None:
-        """Hand the model to the health monitor (its trainable parameters are watched)."""
+    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+              scaler: torch.amp.GradScaler | None = None) -> None:
+        """Hand the model to the health monitor: its trainable parameters are watched and its
+        sequence layers probed. ``optimizer`` adds gradients read where it sees them (unscaled
+        under AMP, none on skipped steps), the steps it applies, its learning rates and which
+        parameters it holds; ``scaler``, a GradScaler's scale (see ``HealthMonitor``)."""
         if self._monitor is not None:
-            self._monitor.watch(model)
+            self._monitor.watch(model, optimizer, scaler=scaler)
 
     def after_backward(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
         """Call after each ``loss.backward()`` (before ``optimizer.step()``); pass the norm

@@ -73,7 +73,7 @@ def test_it_learns_the_rare_class_and_the_monitor_lets_it(change: dict[str, obje
 
 
 def _monitor(task: Task, config: dict[str, Any]) -> HealthMonitor:
-    return HealthMonitor(detectors=task.health_defaults, metric="f1", chance_metric=task.chance_metric,
+    return HealthMonitor(metric="f1", chance_metric=task.chance_metric,
                          warmup_epochs=config["warmup_epochs"])
 
 

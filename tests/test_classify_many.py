@@ -44,7 +44,7 @@ def test_it_learns_well_above_chance(loss: str) -> None:
 def test_a_high_learning_rate_collapses_the_classes_and_the_monitor_says_so() -> None:
     task = get_task("classify_many")
     config = {**task.defaults, "epochs": 12, "lr": 0.1}  # clipped, so it collapses rather than explodes
-    monitor = HealthMonitor(detectors=task.health_defaults, metric="accuracy", chance_metric=task.chance_metric,
+    monitor = HealthMonitor(metric="accuracy", chance_metric=task.chance_metric,
                             warmup_epochs=config["warmup_epochs"])
     with pytest.raises(HealthPruned) as caught:
         fit(config, task, monitor=monitor)

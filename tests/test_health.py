@@ -32,8 +32,8 @@ from sweeper.health import (
     VanishingGradients,
     build_detectors,
     diagnose,
+    label_evidence,
 )
-from sweeper.health.detectors import merge_options
 from sweeper.tasks import ctc_digits, get_task
 from sweeper.train import fit
 
@@ -59,7 +59,9 @@ def signals(**kw: Any) -> EvalSignals:
 
 @pytest.mark.parametrize(
     ("kw", "fires"),
-    [({}, False), ({"losses": [1.0] * 19 + [math.nan]}, True), ({"grad_norms": [math.inf] + [1.0] * 19}, True)],
+    [({}, False), ({"losses": [1.0] * 19 + [math.nan]}, True),
+     ({"grad_norms": [math.inf] + [1.0] * 19}, False),  # one skipped step (a GradScaler calibrating)
+     ({"loss_scale": 2.0 ** -20}, False), ({"loss_scale": 2.0 ** -25}, True)],
 )
 def test_nonfinite_loss(kw: dict[str, Any], fires: bool) -> None:
     v = NonfiniteLoss().on_window(window(**kw))
@@ -68,37 +70,96 @@ def test_nonfinite_loss(kw: dict[str, Any], fires: bool) -> None:
         assert v.reason == Reason.NONFINITE_LOSS and "step" in v.detail
 
 
+def test_nonfinite_gradients_with_a_finite_loss_fire_only_when_the_skips_never_end() -> None:
+    det = NonfiniteLoss(max_skipped=40)
+    assert det.on_window(window(grad_norms=[math.inf] * 20)) is None  # 20 skipped: calibrating
+    assert det.on_window(window(grad_norms=[math.inf] * 19 + [1.0])) is None  # a step went through: reset
+    assert det.on_window(window(grad_norms=[math.inf] * 20)) is None
+    v = det.on_window(window(grad_norms=[None] * 10 + [math.inf] * 10))  # unobserved steps do not count
+    assert v is None
+    v = det.on_window(window(grad_norms=[math.inf] * 20))
+    assert v is not None and "40 steps in a row" in v.detail and "step 9" in v.detail
+    assert NonfiniteLoss().on_window(window(skipped_nonfinite=True)) is None  # 20 of 40
+
+
 def test_nonfinite_validation_loss() -> None:
     assert NonfiniteLoss().on_eval(signals(metrics={"loss": math.nan})) is not None
     assert NonfiniteLoss().on_eval(signals(metrics={"loss": 2.0})) is None
 
 
-@pytest.mark.parametrize(("peak", "fires"), [(9.9e3, False), (1.01e4, True)])
-def test_grad_explosion_ceiling(peak: float, fires: bool) -> None:
-    v = GradExplosion().on_window(window(grad_norms=[1.0] * 19 + [peak]))
-    assert (v is not None) == fires
-    if v:
-        assert "step 19" in v.detail and "ceiling" in v.detail
+def test_grad_explosion_has_no_absolute_ceiling_unless_set() -> None:
+    big = window(grad_norms=[4e4] * 20, previous_norms=[4e4] * 40, start_norm=4e4)  # a summed loss's scale
+    assert GradExplosion().on_window(big) is None
+    v = GradExplosion(ceiling=1e4).on_window(window(grad_norms=[1.0] * 19 + [1.01e4]))
+    assert v is not None and "step 19" in v.detail and "ceiling" in v.detail
+    assert GradExplosion(ceiling=1e4).on_window(window(grad_norms=[1.0] * 19 + [9.9e3])) is None
 
 
-def test_grad_explosion_relative_needs_patience() -> None:
+def test_grad_explosion_relative_needs_patience_and_no_new_low() -> None:
     det = GradExplosion(factor=50, patience=2)
     assert det.on_window(window(grad_norms=[49.0] * 20)) is None  # 49x: below the factor
     assert det.on_window(window(grad_norms=[60.0] * 20)) is None  # first strike
     v = det.on_window(window(grad_norms=[60.0] * 20))  # second strike
     assert v is not None and "60x its running median" in v.detail
+    det = GradExplosion(factor=50, patience=1)
+    assert det.on_window(window(grad_norms=[60.0] * 20, losses=[0.5] * 20, earlier_losses=[1.0])) is None  # learning
 
 
-@pytest.mark.parametrize(("growth", "fires"), [(19.5, False), (20.5, True)])
-def test_grad_explosion_weight_growth(growth: float, fires: bool) -> None:
-    v = GradExplosion().on_window(window(weight_norm=10.0 * growth))
+@pytest.mark.parametrize(("loss", "fires"), [(1.9, False), (2.1, True)])
+def test_grad_explosion_loss_rising_above_its_start(loss: float, fires: bool) -> None:
+    det = GradExplosion(patience=2)
+    assert det.on_window(window(losses=[loss] * 20, start_loss=1.0)) is None  # one window: noise, perhaps
+    v = det.on_window(window(losses=[loss] * 20, start_loss=1.0))
     assert (v is not None) == fires
+    if v:
+        assert "2.1x its start 1" in v.detail
+    assert GradExplosion().on_window(window(losses=[-3.0] * 20, start_loss=-1.0)) is None  # a loss below 0
+
+
+def test_grad_explosion_weight_growth_needs_a_spike_or_no_progress() -> None:
+    grown = dict(weight_norm=250.0, initial_weight_norm=10.0, start_loss=2.3, start_norm=1.0)
+    # a tiny initialisation growing while the loss falls: learning
+    assert GradExplosion().on_window(window(**grown, losses=[2.0] * 20, grad_norms=[3.0] * 20)) is None
+    v = GradExplosion().on_window(window(**grown, losses=[2.2] * 20, grad_norms=[3.0] * 19 + [80.0]))
+    assert v is not None and "grew 25x" in v.detail and "80x its start" in v.detail
+    # the same spike while the loss is clearly below its start: learning
+    assert GradExplosion().on_window(window(**grown, losses=[2.0] * 20, grad_norms=[3.0] * 19 + [80.0])) is None
+    assert GradExplosion().on_window(window(**grown, losses=[2.3] * 20, grad_norms=[3.0] * 20)) is None  # holds
+    assert GradExplosion().on_window(window(**grown, losses=[2.6] * 20, grad_norms=[3.0] * 20)) is not None
+    assert GradExplosion().on_window(window(**{**grown, "weight_norm": 150.0}, losses=[2.6] * 20)) is None
+    # exploded within the first window: its median is no reference, the first step's loss is
+    assert GradExplosion().on_window(window(**{**grown, "start_loss": 1500.0}, first_loss=25.0,
+                                            losses=[1500.0] * 20)) is not None
+
+
+def test_grad_explosion_updates_that_kill_units() -> None:
+    det = GradExplosion(max_update=1.0)
+    assert det.on_window(window(update_ratio=5.0, losses=[0.5] * 20, start_loss=2.0, modules=["a", "b"])) is None
+    v = det.on_window(window(zero_grad={"a": 2}, losses=[0.5] * 20, start_loss=2.0, modules=["a", "b"]))
+    assert v is not None and "5x their norm" in v.detail and "killed" in v.detail and "a" in v.detail
+    calm = GradExplosion(max_update=1.0)  # no big update before: all-zero gradients are dead_gradients'
+    calm.on_window(window(update_ratio=0.5, modules=["a", "b"]))
+    assert calm.on_window(window(zero_grad={"a": 2}, modules=["a", "b"])) is None
 
 
 def test_zero_loss_is_not_vanishing_gradients() -> None:
-    det = VanishingGradients(patience=1)
+    det = VanishingGradients(patience=1, threshold=1e-7)
     assert det.on_window(window(grad_norms=[0.0] * 20, losses=[0.0] * 20)) is None
     assert det.on_window(window(grad_norms=[0.0] * 20)) is not None
+    assert VanishingGradients(patience=1).on_window(window(grad_norms=[1e-9] * 20)) is None  # no floor by default
+
+
+@pytest.mark.parametrize(("ratio", "loss", "fires"), [
+    (5e-7, 1.0, True),   # the weights barely move and the loss does not fall
+    (2e-6, 1.0, False),  # above the limit
+    (0.0, 1.0, False),   # no change at all: stalled_updates
+    (5e-7, 0.5, False),  # the loss makes new lows
+    (5e-7, 1e-5, False),  # the loss has vanished: converged, nothing left to learn
+])
+def test_vanishing_updates(ratio: float, loss: float, fires: bool) -> None:
+    v = VanishingGradients(patience=1).on_window(window(update_ratio=ratio, losses=[loss] * 20,
+                                                        earlier_losses=[1.0], start_loss=1.0))
+    assert (v is not None) == fires
 
 
 def test_vanishing_gradients_patience() -> None:
@@ -166,15 +227,48 @@ def test_class_collapse_patience_and_grace() -> None:
     assert det.on_eval(signals(epoch=2, outputs=collapsed)) is not None
 
 
-def test_chance_plateau_loss_at_label_entropy() -> None:
-    targets = torch.arange(4).repeat(25)  # balanced: chance = ln 4
-    logits = torch.zeros(100, 4)
-    at_chance = signals(epoch=3, metrics={"loss": math.log(4)}, outputs={"targets": targets, "logits": logits})
-    learning = signals(epoch=3, metrics={"loss": 0.9 * math.log(4)}, outputs={"targets": targets, "logits": logits})
-    assert ChancePlateau().on_eval(at_chance) is not None
-    assert ChancePlateau().on_eval(learning) is None
-    assert ChancePlateau().on_eval(signals(epoch=1, metrics={"loss": math.log(4)},
-                                           outputs={"targets": targets, "logits": logits})) is None  # grace
+def test_label_evidence() -> None:
+    targets = torch.arange(4).repeat(50)
+    perfect = torch.nn.functional.one_hot(targets, 4).float() * 5
+    ev = label_evidence(perfect, targets)
+    assert ev is not None and ev.auc == pytest.approx(1.0) and ev.informative and 0 < ev.auc_sd < 0.05
+    assert ev.excess < 0 and not ev.uninformed  # far better than the prior in log-loss
+    constant = label_evidence(torch.zeros(200, 4), targets)  # ties: chance, exactly the prior
+    assert constant is not None and constant.auc == pytest.approx(0.5) and abs(constant.excess) < 1e-6
+    assert not constant.informative and not constant.uninformed
+    noise = label_evidence(3 * torch.randn(200, 4, generator=torch.Generator().manual_seed(0)), targets)
+    assert noise is not None and not noise.informative and noise.uninformed  # varies, costs log-loss
+    binary = targets % 2
+    single = label_evidence(binary.float() * 3 - 1.5 + 0.1 * torch.randn(200), binary)
+    assert single is not None and single.auc > 0.99  # one logit column: the positive class's score
+    assert label_evidence(torch.zeros(200, 4), torch.zeros(200, dtype=torch.long)) is None  # one class
+
+
+def test_chance_plateau_needs_outputs_without_information_twice() -> None:
+    targets = torch.arange(4).repeat(50)
+    informative = torch.nn.functional.one_hot(targets, 4).float() + torch.randn(200, 4)
+    noise = 3 * torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+
+    def at(logits: torch.Tensor, epoch: int, loss: float = 1.5, best: float | None = None,
+           warmup: float = 0.0) -> EvalSignals:
+        return signals(epoch=epoch, metrics={"loss": loss}, outputs={"targets": targets, "logits": logits},
+                       evidence=label_evidence(logits, targets), best_loss=best, warmup_epochs=warmup)
+
+    det = ChancePlateau()
+    assert det.on_eval(at(noise, 0)) is None  # one evaluation
+    v = det.on_eval(at(noise, 1, best=1.5))
+    assert v is not None and "no information" in v.detail and "macro AUC" in v.detail
+    det = ChancePlateau()
+    assert det.on_eval(at(noise, 0)) is None
+    assert det.on_eval(at(informative, 1, best=1.5)) is None  # ranks the labels
+    det = ChancePlateau()
+    assert det.on_eval(at(noise, 0)) is None
+    assert det.on_eval(at(noise, 1, loss=1.2, best=1.3)) is None  # validation loss at a new low: learning
+    det = ChancePlateau()
+    assert det.on_eval(at(torch.zeros(200, 4), 0)) is None  # exactly the prior: class_collapse's to judge
+    assert det.on_eval(at(torch.zeros(200, 4), 1)) is None
+    det = ChancePlateau()
+    assert det.on_eval(at(noise, 1, warmup=2)) is None and det.on_eval(at(noise, 1, warmup=2)) is None  # warmup
 
 
 def test_chance_plateau_metric() -> None:
@@ -189,10 +283,6 @@ def test_detector_options_and_turning_off() -> None:
     assert "BlankOutput" not in names and "GradExplosion" in names
     (g,) = [d for d in build_detectors({"grad_explosion": {"ceiling": 5.0}}) if isinstance(d, GradExplosion)]
     assert g.ceiling == 5.0
-    assert merge_options({"class_collapse": {"grace_epochs": 3}}, {"class_collapse": {"patience": 1}}) == {
-        "class_collapse": {"grace_epochs": 3, "patience": 1}}
-    assert merge_options({"class_collapse": {"grace_epochs": 3}}, {"class_collapse": False}) == {
-        "class_collapse": False}
 
 
 # ---------------------------------------------------------------- the monitor in a plain loop
@@ -200,12 +290,15 @@ def test_detector_options_and_turning_off() -> None:
 
 def test_monitor_reads_the_device_once_per_window() -> None:
     model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     mon = HealthMonitor(model, check_every=5)
     for _ in range(12):
         loss = model(torch.randn(3, 4)).pow(2).mean()
         model.zero_grad()
         loss.backward()
         mon.after_backward(loss)  # computes the gradient norm itself
+        opt.step()
+    # a full window is judged at the next step, once its last optimizer step has run
     assert mon.checks == 2 and mon.verdict is None
     mon.after_eval(0, {"loss": 1.0})  # flushes the 2 pending steps
     assert mon.checks == 3
@@ -216,9 +309,10 @@ def test_monitor_raises_with_the_verdict() -> None:
     mon = HealthMonitor(model, check_every=2)
     model(torch.randn(3, 4)).sum().backward()
     mon.after_backward(torch.tensor(1.0))
+    mon.after_backward(torch.tensor(math.nan))
     with pytest.raises(HealthPruned) as info:
-        mon.after_backward(torch.tensor(math.nan))
-    assert info.value.verdict.reason == Reason.NONFINITE_LOSS
+        mon.after_backward(torch.tensor(1.0))  # the window of the first two steps is judged
+    assert info.value.verdict.reason == Reason.NONFINITE_LOSS and "step 1" in info.value.verdict.detail
     assert isinstance(info.value, optuna.TrialPruned)
 
 
@@ -232,7 +326,7 @@ def _ctc_verdict(monkeypatch: pytest.MonkeyPatch, model_cls: type | None = None,
         monkeypatch.setattr(ctc_digits, "CTCRecognizer", model_cls)
     task = get_task("ctc_digits")
     config = {**task.defaults, **CTC_SMALL, **changes}
-    mon = HealthMonitor(detectors=task.health_defaults, warmup_epochs=config["warmup_epochs"], metric="wer",
+    mon = HealthMonitor(warmup_epochs=config["warmup_epochs"], metric="wer",
                         chance_metric=task.chance_metric)
     with pytest.raises(HealthPruned) as info:
         fit(config, task, monitor=mon)
@@ -279,10 +373,13 @@ def _imbalanced_digits(ratio: int = 20) -> tuple[torch.Tensor, ...]:
     return x[idx[:split]], y[idx[:split]], x[idx[split:]], y[idx[split:]]
 
 
-def _train_classifier(lr: float, epochs: int, monitor: HealthMonitor) -> float:
-    """A plain user loop: MLP, cross-entropy, Adam; the monitor hooked in with two calls."""
+def _train_classifier(lr: float, epochs: int, monitor: HealthMonitor, *, blind: bool = False) -> float:
+    """A plain user loop: MLP, cross-entropy, Adam; the monitor hooked in with two calls.
+    ``blind``: every input is the same image (a preprocessing bug), so nothing can be learned."""
     torch.manual_seed(0)
     xt, yt, xv, yv = _imbalanced_digits()
+    if blind:
+        xt, xv = torch.ones_like(xt), torch.ones_like(xv)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
     monitor.watch(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -300,17 +397,20 @@ def _train_classifier(lr: float, epochs: int, monitor: HealthMonitor) -> float:
     return val_loss
 
 
-def test_imbalanced_high_lr_classifier_is_class_collapse() -> None:
+def test_imbalanced_classifier_whose_outputs_carry_nothing_is_class_collapse() -> None:
     with pytest.raises(HealthPruned) as info:
-        _train_classifier(lr=0.1, epochs=2, monitor=HealthMonitor())
+        _train_classifier(lr=1e-2, epochs=2, monitor=HealthMonitor(), blind=True)
     v = info.value.verdict
     assert v.reason == Reason.CLASS_COLLAPSE and v.epoch == 1
-    assert "class 0 takes 100%" in v.detail
+    assert "class 0 takes 100%" in v.detail and "no better than before" in v.detail
 
 
-def test_imbalanced_sane_lr_classifier_is_healthy() -> None:
+@pytest.mark.parametrize("lr", [1e-2, 0.1])
+def test_imbalanced_classifier_all_negative_at_first_is_not_collapse(lr: float) -> None:
+    # at lr 0.1 this model predicts no positive for 2 epochs while its outputs already rank them
+    # (AUC 0.93-0.97) and its validation loss falls; it then finds them all (24 predicted of 23)
     mon = HealthMonitor()
-    _train_classifier(lr=1e-2, epochs=4, monitor=mon)
+    _train_classifier(lr=lr, epochs=5, monitor=mon)
     assert mon.verdict is None
 
 
@@ -329,7 +429,7 @@ def test_imbalanced_sane_lr_classifier_is_healthy() -> None:
 def test_healthy_ctc_runs_from_the_good_region_are_never_pruned(changes: dict[str, Any]) -> None:
     task = get_task("ctc_digits")
     config = {**task.defaults, "train_strips": 1000, "val_strips": 200, "epochs": 5, **changes}
-    mon = HealthMonitor(detectors=task.health_defaults, warmup_epochs=config["warmup_epochs"], metric="wer",
+    mon = HealthMonitor(warmup_epochs=config["warmup_epochs"], metric="wer",
                         chance_metric=task.chance_metric)
     result = fit(config, task, monitor=mon)  # raises HealthPruned on a false alarm
     assert mon.verdict is None and result.epochs_run == 5
@@ -376,17 +476,19 @@ def test_sweep_prunes_sick_trials_with_reasons(workdir: Path, capsys: pytest.Cap
         assert rows[t.number]["health.detail"] == t.user_attrs["health.detail"]
 
 
-def test_same_code_in_the_first_trials_stops_the_sweep_as_a_bug(
+def test_same_code_whatever_the_parameters_stops_the_sweep_as_a_bug(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(ctc_digits, "CTCRecognizer", NoGradEncoder)
     assert main(["run", "tiny", "--trials", "20", "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "the first 3 trials were all pruned with dead_gradients" in err
+    assert "were all pruned with dead_gradients whatever their parameters" in err
     assert "most likely a bug in the model or data code, not a hyperparameter" in err
-    assert "lr" in err.split("although")[1].split(":")[0]  # what varied
+    # the evidence: every searched parameter was tried across its range
+    assert "lr from" in err and "dropout from" in err and "clip_norm off, 1 (2 of 2 choices)" in err
     study = optuna.load_study(study_name="tiny", storage="sqlite:///results/tiny/study.db")
-    assert len(study.trials) == 3
+    assert 3 <= len(study.trials) < 20
+    assert all(t.user_attrs["health.reason"] == "dead_gradients" for t in study.trials)
 
 
 def test_dead_gradients_can_be_turned_off(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -398,24 +500,74 @@ def test_dead_gradients_can_be_turned_off(workdir: Path, monkeypatch: pytest.Mon
     assert all(t.user_attrs.get("health.reason") != "dead_gradients" for t in study.trials)
 
 
-def test_diagnosis_needs_one_code_in_all_first_trials() -> None:
-    def trial(n: int, reason: str | None, lr: float) -> optuna.trial.FrozenTrial:
-        return optuna.trial.create_trial(
-            state=TrialState.PRUNED if reason else TrialState.COMPLETE, value=None if reason else 0.5,
-            params={"lr": lr}, distributions={"lr": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)},
-            user_attrs={"health.reason": reason, "health.detail": "x"} if reason else {},
-        )
+def _frozen(n: int, reason: str | None, **params: Any) -> optuna.trial.FrozenTrial:
+    distributions = {
+        "lr": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True),
+        "downsample": optuna.distributions.CategoricalDistribution([2, 4, 8, 16, 32]),
+        "dropout": optuna.distributions.FloatDistribution(0.0, 0.5),
+    }
+    t = optuna.trial.create_trial(
+        state=TrialState.PRUNED if reason else TrialState.COMPLETE, value=None if reason else 0.5, params=params,
+        distributions={k: distributions[k] for k in params},
+        user_attrs={"health.reason": reason, "health.detail": "x"} if reason else {})
+    t.number = n
+    return t
 
-    same = [trial(0, "dead_gradients", 1e-3), trial(1, "dead_gradients", 1e-2), trial(2, "dead_gradients", 1e-4)]
-    for i, t in enumerate(same):
-        t.number = i
-    assert diagnose(same[:2], 3) is None  # not enough trials yet
-    assert "all pruned with dead_gradients although lr varied" in (diagnose(same, 3) or "")
-    mixed = [*same[:2], trial(2, None, 1e-4)]
-    mixed[2].number = 2
-    assert diagnose(mixed, 3) is None
-    assert diagnose(same, 0) is None  # turned off
-    perf = [trial(i, "underperforming", 1e-3) for i in range(3)]
-    for i, t in enumerate(perf):
-        t.number = i
+
+def test_diagnosis_is_a_bug_only_when_no_searched_value_explains_the_code() -> None:
+    spread = [_frozen(0, "dead_gradients", lr=1e-5, dropout=0.05), _frozen(1, "dead_gradients", lr=1e-2, dropout=0.4),
+              _frozen(2, "dead_gradients", lr=0.9, dropout=0.2)]
+    assert diagnose(spread[:2], 3) is None  # not enough trials yet
+    bug = diagnose(spread, 3)
+    assert bug is not None and bug.bug and "whatever their parameters" in bug.message
+    assert "lr from 1.0e-05 to 0.9" in bug.message and "dropout from 0.05 to 0.4" in bug.message
+    # ctc_wide with sampler seed 2: three draws at 16x and 32x downsampling, 2 of the 5 choices
+    region = [_frozen(0, "ctc_infeasible", lr=1e-4, downsample=32), _frozen(1, "ctc_infeasible", lr=0.3, downsample=16),
+              _frozen(2, "ctc_infeasible", lr=0.01, downsample=16)]
+    found = diagnose(region, 3)
+    assert found is not None and not found.bug
+    assert "downsample at its larger values (16 or 32, of 5)" in found.message and "goes on" in found.message
+    high = [_frozen(i, "grad_explosion", lr=lr, dropout=d) for i, (lr, d) in enumerate([(0.1, 0.0), (0.5, 0.5),
+                                                                                        (0.02, 0.25)])]
+    found = diagnose(high, 3)
+    assert found is not None and not found.bug and "lr at its larger values (0.02 to 0.5" in found.message
+    models = optuna.distributions.CategoricalDistribution(["mlp", "cnn", "rnn", "transformer"])
+    unordered = [_frozen(i, "dead_gradients", lr=lr, dropout=d) for i, (lr, d) in enumerate(
+        [(1e-5, 0.0), (1e-2, 0.5), (0.9, 0.25)])]
+    for t, m in zip(unordered, ["cnn", "cnn", "rnn"], strict=True):
+        t.params["model"], t.distributions["model"] = m, models
+    found = diagnose(unordered, 3)
+    assert found is not None and not found.bug and "model cnn or rnn (2 of its 4 choices)" in found.message
+    unordered[0].params["model"] = "mlp"
+    assert diagnose(unordered, 3) is not None and diagnose(unordered, 3).bug  # type: ignore[union-attr]
+    assert diagnose([*spread[:2], _frozen(2, None, lr=1e-4, dropout=0.1)], 3) is None  # one completed
+    assert diagnose([*spread[:2], _frozen(2, "grad_explosion", lr=1e-4, dropout=0.1)], 3) is None  # two codes
+    assert diagnose(spread, 0) is None  # turned off
+    perf = [_frozen(i, "underperforming", lr=lr, dropout=0.1) for i, lr in enumerate([1e-5, 1e-2, 0.9])]
     assert diagnose(perf, 3) is None  # the performance pruner says nothing about bugs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10))
+def test_ctc_wide_runs_to_its_budget_for_every_sampler_seed(tmp_path: Path, seed: int) -> None:
+    # studies/ctc_wide.yaml with its sampler seed set (seed 2 draws 32x, 16x and 16x downsampling
+    # first: three ctc_infeasible trials that a searched value explains), on a smaller budget
+    import yaml
+
+    from .conftest import REPO, run_cli
+
+    doc = yaml.safe_load((REPO / "studies" / "ctc_wide.yaml").read_text())
+    doc["sampler"]["seed"] = seed
+    doc["budget"] = {"trials": 8, "epochs": 1}
+    doc["fixed"].update(train_strips=300, val_strips=60)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "ctc_wide.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))  # the draw order
+    proc = run_cli("run", "ctc_wide", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="ctc_wide", storage=f"sqlite:///{tmp_path}/results/ctc_wide/study.db")
+    finished = sorted((t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+                      key=lambda t: t.number)
+    assert len(finished) == 8
+    first = [t.user_attrs.get("health.reason") for t in finished[:3]]
+    if first == ["ctc_infeasible"] * 3:
+        assert "a searched value can explain it" in proc.stdout and "downsample at its larger values" in proc.stdout

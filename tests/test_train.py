@@ -115,7 +115,8 @@ class NormRecorder:
         self.norms: list[float] = []
         self.steps: list[int] = []
 
-    def watch(self, model: torch.nn.Module) -> None:
+    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+              scaler: Any = None) -> None:
         pass
 
     def check_data(self, outputs: Any) -> None:

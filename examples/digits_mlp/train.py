@@ -47,7 +47,7 @@ def main(args: argparse.Namespace, run=None) -> float:  # sweeper
     model = Net(args.hidden, args.dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     if run is not None:  # sweeper
-        run.watch(model)  # sweeper
+        run.watch(model, optimizer)  # sweeper
     accuracy = 0.0
     for epoch in range(args.epochs):
         model.train()

@@ -12,15 +12,19 @@ from .detectors import (
     Detector,
     EvalSignals,
     GradExplosion,
+    LabelEvidence,
     NonfiniteLoss,
+    StalledUpdates,
     StepWindow,
     TemporalCollapse,
     VanishingGradients,
     build_detectors,
+    label_evidence,
     temporal_variance_ratio,
 )
-from .diagnosis import diagnose
+from .diagnosis import Diagnosis, diagnose
 from .monitor import HealthMonitor
+from .probes import SequenceProbes, Share
 from .verdict import HealthPruned, Reason, Verdict
 
 __all__ = [
@@ -31,17 +35,23 @@ __all__ = [
     "ClassCollapse",
     "DeadGradients",
     "Detector",
+    "Diagnosis",
     "EvalSignals",
     "GradExplosion",
     "HealthMonitor",
     "HealthPruned",
+    "LabelEvidence",
     "NonfiniteLoss",
     "Reason",
+    "SequenceProbes",
+    "Share",
+    "StalledUpdates",
     "StepWindow",
     "TemporalCollapse",
     "VanishingGradients",
     "Verdict",
     "build_detectors",
     "diagnose",
+    "label_evidence",
     "temporal_variance_ratio",
 ]

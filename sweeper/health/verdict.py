@@ -15,6 +15,7 @@ class Reason(StrEnum):
     GRAD_EXPLOSION = "grad_explosion"
     VANISHING_GRADIENTS = "vanishing_gradients"
     DEAD_GRADIENTS = "dead_gradients"
+    STALLED_UPDATES = "stalled_updates"
     CLASS_COLLAPSE = "class_collapse"
     TEMPORAL_COLLAPSE = "temporal_collapse"
     BLANK_OUTPUT = "blank_output"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -165,9 +165,6 @@ class Task(ABC):
     metric: str
     direction: str  # "minimize" or "maximize"
     chance_metric: float | None = None
-    # health detector options that suit this task's training dynamics; a study's
-    # `health:` section overrides them
-    health_defaults: ClassVar[Mapping[str, Mapping[str, Any] | bool]] = {}
 
     @property
     @abstractmethod

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,9 +172,7 @@ class _Run(ShuffledRun):
             "loss": float(F.cross_entropy(logits, label)),
             "predicted_positive": float((pred == 1).float().mean()),
         }
-        # predictions, not logits: a model trained on rebalanced classes is not calibrated to the
-        # 6% prior, so its validation loss says nothing about chance (chance_plateau's loss check)
-        return EvalResult(metrics=metrics, outputs={"predictions": pred, "targets": label})
+        return EvalResult(metrics=metrics, outputs={"logits": logits.detach(), "targets": label})
 
 
 class BinaryImbalanced(Task):
@@ -185,11 +183,6 @@ class BinaryImbalanced(Task):
     direction = "maximize"
     # an all-negative model (F1 0) is class_collapse's to report
     chance_metric = None
-    # with 6% positives a healthy model starts out predicting few of them (grace, a lower
-    # limit), and a warm restart can send it to all-negative for two epochs (patience 3)
-    health_defaults: ClassVar[Mapping[str, Mapping[str, Any] | bool]] = {
-        "class_collapse": {"grace_epochs": 3, "min_entropy_ratio": 0.25, "patience": 3},
-    }
 
     @property
     def defaults(self) -> Mapping[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,8 +149,6 @@ class ClassifyMany(Task):
     direction = "maximize"
 
     chance_metric = 1.0 / 60  # accuracy of a guess, for the default 60 classes
-    # from 60 classes a healthy MLP starts on a few frequent ones: judge from epoch 2
-    health_defaults: ClassVar[Mapping[str, Mapping[str, Any] | bool]] = {"class_collapse": {"grace_epochs": 2}}
 
     @property
     def defaults(self) -> Mapping[str, Any]:

@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -235,17 +235,6 @@ class _CTCDigitsRun(ShuffledRun):
             dropout=float(config["dropout"]), n_classes=len(DIGITS),
         ).to(device)
         self._generator = torch.Generator().manual_seed(int(config["seed"]))
-        # the sequence the LSTM consumes, captured during evaluation for the temporal-collapse check
-        self._capture: list[torch.Tensor] | None = None
-        self.model.encoder.register_forward_hook(self._capture_encoder_input)
-
-    def _capture_encoder_input(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        if self._capture is None:
-            return
-        x = inputs[0]
-        if isinstance(x, nn.utils.rnn.PackedSequence):
-            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True)
-        self._capture.append(x.detach().cpu())
 
     @property
     def steps_per_epoch(self) -> int:
@@ -282,7 +271,6 @@ class _CTCDigitsRun(ShuffledRun):
         hyps: list[list[int]] = []
         losses, n_frames, n_blank = [], 0, 0
         lengths_all: list[torch.Tensor] = []
-        self._capture = []
         order = torch.arange(len(self.val.labels))
         for start in range(0, len(order), 256):
             x, widths, targets, target_lengths = self._batch(self.val, order[start:start + 256])
@@ -300,14 +288,12 @@ class _CTCDigitsRun(ShuffledRun):
             "blank_fraction": n_blank / max(n_frames, 1),
             "empty_fraction": sum(1 for h in hyps if not h) / len(hyps),
         }
-        sequences, self._capture = self._capture, None
-        t_max = max(x.shape[1] for x in sequences)
         outputs = {
             # what the health detectors read: frames per sequence, frames its labels need
-            # (one per label plus a blank between repeats), the outputs, decoded vs reference tokens
+            # (one per label plus a blank between repeats), decoded vs reference tokens (the
+            # monitor's own probes measure the LSTM's input for temporal collapse)
             "output_lengths": torch.cat(lengths_all),
             "required_lengths": self.val_required,
-            "sequence": torch.cat([nn.functional.pad(x, (0, 0, 0, t_max - x.shape[1])) for x in sequences]),
             "predictions": torch.tensor([t for h in hyps for t in h], dtype=torch.long),
             "targets": self.val_tokens,
         }
@@ -321,8 +307,6 @@ class CTCDigits(Task):
     metric = "wer"
     direction = "minimize"
     chance_metric = 1.0  # the WER of an empty (or entirely wrong) transcript
-    # a healthy CTC model emits one or two frequent digits before it tells them apart
-    health_defaults: ClassVar[Mapping[str, Mapping[str, Any] | bool]] = {"class_collapse": {"grace_epochs": 3}}
 
     @property
     def defaults(self) -> Mapping[str, Any]:

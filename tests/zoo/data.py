@@ -58,6 +58,12 @@ def rare_positives(share: float = 0.06, positive: int = 9) -> Split:
     return Split(tx, ty, tvx, tvy)
 
 
+def small_digits() -> Split:
+    """'Is this digit below 5?' (about half positive; flat inputs, 0/1 targets)."""
+    d = digits()
+    return Split(d.x, (d.y < 5).long(), d.vx, (d.vy < 5).long())
+
+
 def regression() -> Split:
     """The digit's value as a number (regression targets 0-9, float)."""
     d = digits("flat")

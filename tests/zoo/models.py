@@ -155,28 +155,26 @@ class TiedLM(nn.Module):
 
 
 class TransformerGRUCTC(nn.Module):
-    """Transformer encoder, then a bidirectional GRU, then CTC log-probabilities (T, B, C).
-    ``pool_between`` averages the encoder's output over time and copies it to every step."""
+    """A convolutional front end, a transformer encoder layer, then a bidirectional GRU and
+    CTC log-probabilities (T, B, C). ``pool_between`` averages the encoder's output over
+    time and copies it to every step (the write-ups' global pooling)."""
 
-    def __init__(self, d: int = 48, classes: int = 11, max_steps: int = 64, pool_between: bool = False) -> None:
+    def __init__(self, d: int = 32, classes: int = 11, pool_between: bool = False) -> None:
         super().__init__()
-        self.embed = nn.Linear(10, d)
-        self.pos = nn.Parameter(0.02 * torch.randn(1, max_steps, d))
-        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.1, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.front = nn.Sequential(nn.Conv1d(10, d, 3, padding=1), nn.BatchNorm1d(d), nn.ReLU())
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         self.gru = nn.GRU(d, d, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * d, classes)
         self.pool_between = pool_between
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        steps = x.shape[1]
-        pad = torch.arange(steps, device=x.device)[None, :] >= lengths[:, None]
-        h = self.encoder(self.embed(x) + self.pos[:, :steps], src_key_padding_mask=pad)
+        pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+        h = self.front(x.transpose(1, 2)).transpose(1, 2)
+        h = self.encoder(h, src_key_padding_mask=pad)
         if self.pool_between:
             h = _mean_over_time(h, lengths)
-        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.gru(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=steps)
+        out, _ = self.gru(h)
         return self.head(out).log_softmax(-1).transpose(0, 1)
 
 
@@ -187,8 +185,8 @@ class ConvLSTMCTC(nn.Module):
     def __init__(self, channels: int = 32, hidden: int = 48, classes: int = 11,
                  pool_before_lstm: bool = False) -> None:
         super().__init__()
-        self.front = nn.Sequential(nn.Conv1d(10, channels, 3, padding=1), nn.ReLU(),
-                                   nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU())
+        self.front = nn.Sequential(nn.Conv1d(10, channels, 3, padding=1), nn.BatchNorm1d(channels), nn.ReLU(),
+                                   nn.Conv1d(channels, channels, 3, padding=1), nn.BatchNorm1d(channels), nn.ReLU())
         self.lstm = nn.LSTM(channels, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden, classes)
         self.pool_before_lstm = pool_before_lstm
@@ -199,3 +197,23 @@ class ConvLSTMCTC(nn.Module):
             h = _mean_over_time(h, lengths)
         out, _ = self.lstm(h)
         return self.head(out).log_softmax(-1).transpose(0, 1)
+
+
+class TCNTagger(nn.Module):
+    """Dilated 1-d convolutions tagging every column; ``pool_after_first`` replaces the first
+    block's output with its mean over time (the global-pooling bug in a convolutional model)."""
+
+    def __init__(self, channels: int = 48, classes: int = 11, pool_after_first: bool = False) -> None:
+        super().__init__()
+        self.first = nn.Conv1d(10, channels, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=d, dilation=d) for d in (1, 2, 4))
+        self.head = nn.Conv1d(channels, classes, 1)
+        self.pool_after_first = pool_after_first
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.first(x.transpose(1, 2)))
+        if self.pool_after_first:
+            h = _mean_over_time(h.transpose(1, 2), lengths).transpose(1, 2)
+        for block in self.blocks:
+            h = h + torch.relu(block(h))
+        return self.head(h).transpose(1, 2)
