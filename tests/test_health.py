@@ -570,4 +570,4 @@ def test_ctc_wide_runs_to_its_budget_for_every_sampler_seed(tmp_path: Path, seed
     assert len(finished) == 8
     first = [t.user_attrs.get("health.reason") for t in finished[:3]]
     if first == ["ctc_infeasible"] * 3:
-        assert "a searched value can explain it" in proc.stdout and "downsample at its larger values" in proc.stdout
+        assert "searched values can explain it" in proc.stdout and "downsample at its larger values" in proc.stdout

@@ -53,8 +53,8 @@ def diagnose(trials: Sequence[FrozenTrial], first: int) -> Diagnosis | None:
             explains.append((*found, name))
     evidence = "; ".join(f"trial {t.number}: {t.user_attrs.get('health.detail', '')}" for t in finished[:first])
     if explains:
-        shown = "; ".join(f"{name} {where}" for _, where, name in sorted(explains)[:3])  # least likely by chance first
-        return Diagnosis(False, f"the first {n} trials were all pruned with {reason}, and a searched value can "
+        shown = "; ".join(f"{name} {where}" for _, where, name in sorted(explains))  # least likely by chance first
+        return Diagnosis(False, f"the first {n} trials were all pruned with {reason}, and searched values can "
                                 f"explain it ({shown}): the sweep goes on, and the sampler steers away from the "
                                 "region (health-pruned trials are infeasible to it)")
     varied = "; ".join(spreads) if spreads else "no searched parameters"

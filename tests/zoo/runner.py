@@ -46,7 +46,11 @@ def run_case(case: Case, seed: int, *, monitored: bool = True, epochs: int | Non
     torch.manual_seed(seed)
     started = time.perf_counter()
     monitor = HealthMonitor() if monitored else None
-    out = case.trainer(monitor, epochs or case.epochs)
+    try:
+        out = case.trainer(monitor, epochs or case.epochs)
+    except Exception as e:  # a monitor that crashes the run is a wrong answer, never a pass
+        return CaseResult(case.name, seed, case.sick, case.accepted, "error", f"{type(e).__name__}: {e}", None,
+                          None, math.nan, None, time.perf_counter() - started)
     metric = case.learns[0] if case.learns else None
     value = final(out.history, metric) if metric else math.nan
     learned = None
