@@ -78,6 +78,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/monitor_overhead.py
+	$(PY) bench/health_zoo.py
 	$(PY) bench/health_savings.py
 	$(PY) bench/report_speed.py
 	$(PY) bench/workers.py

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .errors import UserError
 from .report import md_table
-from .spec import StudySpec
+from .spec import SamplerSpec, StudySpec
 from .sweep import FINISHED, Sweep
 from .tasks.base import format_value, show_value
 
@@ -86,8 +86,10 @@ class AblationSweep(Sweep):
 
     def __init__(self, spec: StudySpec, cells: Sequence[Cell], seeds: int, *, storage: str,
                  study_name: str, results: Path, **kwargs: Any) -> None:
-        # a configuration that is sick is sick in every run: no bug diagnosis, no performance pruning
-        quiet = dataclasses.replace(spec, health=dataclasses.replace(spec.health, diagnose_after=0))
+        # a configuration that is sick is sick in every run: no bug diagnosis, no performance pruning;
+        # and every run is enqueued, so the study's sampler (a grid's budget check too) has no say
+        quiet = dataclasses.replace(spec, health=dataclasses.replace(spec.health, diagnose_after=0),
+                                    sampler=SamplerSpec("random"))
         distinct = sum(1 for c in cells if c.same_as is None)
         super().__init__(quiet, storage=storage, study_name=study_name, trials=distinct * seeds, **kwargs)
         self.cells = list(cells)

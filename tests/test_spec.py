@@ -274,6 +274,8 @@ class TestHealthSection:
         assert spec.health.detectors == {"grad_explosion": {"ceiling": 1e5}, "blank_output": False}
         assert not spec_with(health=False).health.enabled
         assert spec_with().health.detectors == {}
+        off = spec_with(health={"grad_explosion": {"ceiling": None}, "vanishing_gradients": {"threshold": None}})
+        assert off.health.detectors["grad_explosion"] == {"ceiling": None}  # an optional limit: null = off
 
     @pytest.mark.parametrize(
         ("health", "match"),
@@ -281,7 +283,9 @@ class TestHealthSection:
             ({"grad_explosoin": False}, r"unknown key `health.grad_explosoin`.*did you mean 'grad_explosion'"),
             ({"grad_explosion": {"celing": 1}}, r"unknown key `health.grad_explosion.celing`.*did you mean 'ceiling'"),
             ({"grad_explosion": {"ceiling": "high"}}, r"`health.grad_explosion.ceiling` must be a number >= 0"),
-            ({"grad_explosion": {"ceiling": -1.0}}, r"`health.grad_explosion.ceiling` must be a number >= 0"),
+            ({"grad_explosion": {"ceiling": -1.0}}, r"`health.grad_explosion.ceiling` must be a number >= 0 or null"),
+            ({"grad_explosion": {"factor": None}}, r"`health.grad_explosion.factor` must be a number >= 0, got null"),
+            ({"stalled_updates": {"patience": "2"}}, r"`health.stalled_updates.patience` must be an integer >= 0"),
             ({"dead_gradients": {"patience": 1.5}}, r"`health.dead_gradients.patience` must be an integer >= 0"),
             ({"check_every": 0}, r"`health.check_every` must be an integer >= 1, got 0"),
             ({"diagnose_after": -1}, r"`health.diagnose_after` must be an integer >= 0"),

@@ -9,8 +9,8 @@ section sets them by name.
 The rules are scale-free: they compare a run with its own earlier state (its early
 gradient level, its starting loss, its weights), never with absolute numbers that a
 healthy run with another loss scale, optimizer or precision crosses. And a run that
-shows evidence of learning (the loss reaching new lows, validation loss falling, outputs
-that rank the labels better than chance) is not called collapsed or stuck.
+shows evidence of learning (the loss reaching new lows, outputs ranking the labels
+better than before) is not called collapsed or stuck.
 """
 
 from __future__ import annotations
@@ -99,16 +99,13 @@ class EvalSignals:
             return False
         return loss < best - progress * abs(best)
 
-    def learning(self, progress: float) -> str | None:
-        """Evidence that the model is still learning, in words, or None: the validation loss at
-        a new low by ``progress`` (relative), or the outputs ranking the labels better than
-        chance and better than ever before (macro AUC up by ``progress``)."""
-        if self.loss_falling(progress):
-            return f"validation loss fell from {self.best_loss:.4g} to {self.metrics['loss']:.4g}"
+    def learning(self, progress: float) -> bool:
+        """Evidence that the model is still learning: the validation loss at a new low by
+        ``progress`` (relative), or the outputs ranking the labels better than chance and
+        better than ever before (macro AUC up by ``progress``)."""
         ev = self.evidence
-        if ev is not None and ev.informative and self.best_auc is not None and ev.auc > self.best_auc + progress:
-            return f"its outputs rank the labels better (macro AUC {self.best_auc:.2f} -> {ev.auc:.2f})"
-        return None
+        return self.loss_falling(progress) or (
+            ev is not None and ev.informative and self.best_auc is not None and ev.auc > self.best_auc + progress)
 
     def during_warmup(self) -> bool:
         return self.epoch < math.ceil(self.warmup_epochs)
@@ -209,20 +206,21 @@ class NonfiniteLoss(Detector):
 class GradExplosion(Detector):
     """The updates are unstable, judged against the run's own start, never against absolute
     numbers a healthy summed loss or loss scale crosses: the training loss (window median)
-    at ``max_loss_rise`` x its start for ``patience`` checks; the parameter norm at ``max_weight_growth`` x its
-    start while the loss is no better than at its start, with the gradient norm spiking
-    ``factor`` x its start or the loss worse than at its start (or 10x the first step's):
-    growth from a tiny initialisation with the loss holding or falling is learning; a
-    window that changed the weights by more than ``max_update`` x their norm, after which
-    gradients that were flowing turned all-zero (the steps killed the units); or the
-    gradient norm at ``factor`` x its running median for ``patience`` checks with no new
+    at ``max_loss_rise`` x its first window's for ``patience`` checks; the parameter norm
+    grown ``max_weight_growth`` x (an order of magnitude) while the loss is worse than where
+    it started (``max_loss_rise`` x the first step's loss, or above the first window's), or
+    while the gradient norm spiked ``factor`` x its start with the loss no better than at
+    its start (growth from a tiny initialisation with the loss holding or falling is
+    learning); a window that changed the weights by more than ``max_update`` x their norm,
+    after which gradients that had flowed are all zero (the steps killed the units); or the
+    gradient-norm median ``factor`` x its running median for ``patience`` checks with no new
     low of the loss. ``ceiling``: an absolute gradient-norm limit, off unless set."""
 
     reason: ClassVar[Reason] = Reason.GRAD_EXPLOSION
     factor: float = 50.0
     patience: int = 2
     max_update: float = 1.0
-    max_weight_growth: float = 20.0
+    max_weight_growth: float = 10.0
     max_loss_rise: float = 2.0
     ceiling: float | None = None
     _strikes: int = field(default=0, init=False, repr=False)
@@ -254,13 +252,16 @@ class GradExplosion(Detector):
                                         f"{loss_now / start:.3g}x its start {start:.3g} (limit {self.max_loss_rise:g}x "
                                         f"for {self.patience} checks{peak_text}): the run diverges", w.last_step)
         growth = w.weight_norm / w.initial_weight_norm if w.initial_weight_norm > 0 else math.nan
-        unimproved = not loss_now < 0.9 * start
-        if growth > self.max_weight_growth and unimproved and (spike > self.factor or loss_now > 1.1 * start > 0
-                                                               or loss_now > 10 * w.first_loss > 0):
+        # worse than where it started: above its first step's loss (the model as initialised), or
+        # above its first window's (its first window may already hold the blow-up)
+        worse = loss_now > self.max_loss_rise * w.first_loss > 0 or loss_now > 1.1 * start > 0
+        spiked = spike > self.factor and not loss_now < 0.9 * start
+        if growth > self.max_weight_growth and (worse or spiked):
             return Verdict(self.reason, f"parameter norm grew {growth:.0f}x, from {w.initial_weight_norm:.3g} to "
                                         f"{w.weight_norm:.3g}, by step {w.last_step} (limit "
-                                        f"{self.max_weight_growth:g}x; loss {loss_now:.3g}, at start {start:.3g}"
-                                        f"{peak_text})", w.last_step)
+                                        f"{self.max_weight_growth:g}x) while the loss got no better: {loss_now:.3g} "
+                                        f"over steps {w.first_step}-{w.last_step}, {w.first_loss:.3g} at the first "
+                                        f"step{peak_text}", w.last_step)
         killed = sorted(m for m in w.zero_grad if m in self._alive)
         if killed and self._big_update:
             return Verdict(self.reason, f"{self._big_update}, and the gradients of {', '.join(killed[:5])} have been "

@@ -144,7 +144,7 @@ class HealthMonitor:
                 self._unheld_why = (f"it holds {foreign} tensors that are not the model's: was a module replaced "
                                     "after the optimizer was created?")
             self._hooks.append(optimizer.register_step_pre_hook(self._on_optimizer_step))
-        self._params = [(name.rpartition(".")[0] or name, p) for name, p in watched]
+        self._params = [(_module(name), p) for name, p in watched]
         self._strides = [max(1, math.ceil(p.numel() / SAMPLES_PER_TENSOR)) for _, p in self._params]
         self._snap = self._sample()
         if self._snap is not None:
@@ -231,69 +231,57 @@ class HealthMonitor:
         n = self._filled
         self._filled = 0
         applied = self._applied - self._applied_at_start if self._optimizer is not None else None
-        parts: list[torch.Tensor] = [self._buf[:n].flatten()]
+        parts: dict[str, torch.Tensor] = {"rows": self._buf[:n]}
         current = self._sample()
         if current is not None and self._snap is not None and self._seg is not None:
             zeros = torch.zeros(len(self._params), device=current.device)
-            parts += [zeros.index_add(0, self._seg, (current - self._snap) ** 2),
-                      zeros.index_add(0, self._seg, current ** 2)]
+            parts["moved"] = zeros.index_add(0, self._seg, (current - self._snap) ** 2)  # per tensor
+            parts["weights"] = zeros.index_add(0, self._seg, current ** 2)
         if self._peek is not None:
-            parts.append(self._peek)
-        scale = getattr(self._scaler, "_scale", None) if self._scaler is not None else None
+            parts["peaks"] = self._peek
+        scale = getattr(self._scaler, "_scale", None)
         if isinstance(scale, torch.Tensor):
-            parts.append(scale.reshape(1))
-        probe = applied == 0 and not flush
-        if probe:  # no step applied in the window: are the gradients it would apply non-finite?
+            parts["scale"] = scale
+        if applied == 0 and not flush:  # no step applied in the window: are the gradients non-finite?
             grads = [p.grad for _, p in self._params if p.grad is not None]
-            probe = bool(grads)
             if grads:
-                parts.append(torch.nn.utils.get_total_norm(grads).reshape(1))
-        device = self._buf.device
-        values = torch.cat([x.detach().float().flatten().to(device) for x in parts]).tolist()  # the one host sync
+                parts["unapplied"] = torch.nn.utils.get_total_norm(grads)
+        read = _read(parts, self._buf.device)  # note: the one host sync per window
         if current is not None:
             self._snap = current
-        window = self._window(values, n, applied, probe, flush)
+        window = self._window(read, n, applied, flush)
         self.checks += 1
         for det in self.detectors:
             verdict = det.on_window(window)
             if verdict is not None:
                 self._fire(verdict)
 
-    def _window(self, values: list[float], n: int, applied: int | None, probe: bool, flush: bool) -> StepWindow:
-        rows = [values[3 * i:3 * i + 3] for i in range(n)]
-        pos = 3 * n
+    def _window(self, read: Mapping[str, list[float]], n: int, applied: int | None, flush: bool) -> StepWindow:
+        """The ``StepWindow`` of what ``_check_window`` read, and the run's running state."""
+        rows = [read["rows"][3 * i:3 * i + 3] for i in range(n)]
         losses = [r[0] for r in rows]
         norms: list[float | None] = [r[1] if r[2] else None for r in rows]
-        module_of = [m for m, _ in self._params]
+        modules = [m for m, _ in self._params]
         update, weight_norm, stalled, moved = math.nan, math.nan, {}, 0
-        if self._seg is not None:
-            d2, w2 = values[pos:pos + len(module_of)], values[pos + len(module_of):pos + 2 * len(module_of)]
-            pos += 2 * len(module_of)
+        if "weights" in read:
             before = self._weight_norm
-            weight_norm = self._weight_norm = math.sqrt(sum(w2))
-            update = math.sqrt(sum(d2)) / before if before > 0 else math.nan
-            for m, d, missing in zip(module_of, d2, self._peek_none, strict=True):
+            weight_norm = self._weight_norm = math.sqrt(sum(read["weights"]))
+            update = math.sqrt(sum(read["moved"])) / before if before > 0 else math.nan
+            for m, d, missing in zip(modules, read["moved"], self._peek_none, strict=True):
                 if d > 0:
                     moved += 1
                 elif not missing:
                     stalled[m] = stalled.get(m, 0) + 1
         no_grad: dict[str, int] = {}
         zero_grad: dict[str, int] = {}
-        peaks = iter(values[pos:pos + sum(not x for x in self._peek_none)])
-        pos += sum(not x for x in self._peek_none)
-        for m, missing in zip(module_of, self._peek_none, strict=True):
+        peaks = iter(read.get("peaks", []))
+        for m, missing in zip(modules, self._peek_none, strict=True):
             if missing:
                 no_grad[m] = no_grad.get(m, 0) + 1
             elif next(peaks) == 0.0:
                 zero_grad[m] = zero_grad.get(m, 0) + 1
         for m in zero_grad:  # an all-zero gradient moves nothing either: dead_gradients' to report
             stalled.pop(m, None)
-        scale = None
-        if self._scaler is not None:
-            raw = getattr(self._scaler, "_scale", None)
-            if isinstance(raw, torch.Tensor):
-                scale, pos = values[pos], pos + 1
-        skipped = probe and not math.isfinite(values[pos])
         unheld, why = self._unheld_parameters(flush)
         finite = [x for x in losses if math.isfinite(x)]
         if not self._loss_medians and finite:
@@ -307,10 +295,12 @@ class HealthMonitor:
             previous_norms=list(self._norms), no_grad=no_grad, zero_grad=zero_grad, n_params=len(self._params),
             checks=self.checks + 1, weight_norm=weight_norm, initial_weight_norm=self._initial_weight_norm,
             update_ratio=update, stalled=stalled, moved=moved, applied_steps=applied,
+            # (an lr held as a tensor costs a read of its own: rare)
             lrs=[float(g["lr"]) for g in self._optimizer.param_groups] if self._optimizer is not None else None,
-            loss_scale=scale, earlier_losses=list(self._loss_medians), start_loss=self._start_loss,
-            first_loss=self._first_loss, start_norm=self._start_norm, modules=module_of,
-            unheld=unheld, unheld_why=why, skipped_nonfinite=skipped,
+            loss_scale=read["scale"][0] if "scale" in read else None, earlier_losses=list(self._loss_medians),
+            start_loss=self._start_loss, first_loss=self._first_loss, start_norm=self._start_norm, modules=modules,
+            unheld=unheld, unheld_why=why,
+            skipped_nonfinite="unapplied" in read and not math.isfinite(read["unapplied"][0]),
         )
         self._norms.extend(x for x in norms if x is not None and math.isfinite(x))
         if finite:
@@ -322,18 +312,15 @@ class HealthMonitor:
         evidence that this is a mistake (judged after a backward, not at a flush)."""
         if flush or self._optimizer is None:
             return {}, ""
-        found: dict[str, int] = {}
         why = self._unheld_why
-        if why:
-            for name, p in self._unheld:
-                if p.grad is not None:
-                    found[name.rpartition(".")[0] or name] = found.get(name.rpartition(".")[0] or name, 0) + 1
-        unfrozen = [(name, p) for name, p in self._frozen if p.requires_grad and p.grad is not None]
+        found = [name for name, p in self._unheld if why and p.grad is not None]
+        unfrozen = [name for name, p in self._frozen if p.requires_grad and p.grad is not None]
         if unfrozen:
             why = why or "they became trainable after the optimizer was created"
-            for name, _ in unfrozen:
-                found[name.rpartition(".")[0] or name] = found.get(name.rpartition(".")[0] or name, 0) + 1
-        return found, why if found else ""
+        counts: dict[str, int] = {}
+        for name in found + unfrozen:
+            counts[_module(name)] = counts.get(_module(name), 0) + 1
+        return counts, why if counts else ""
 
     @property
     def steps_seen(self) -> int:
@@ -377,3 +364,19 @@ class HealthMonitor:
     def _fire(self, verdict: Verdict) -> None:
         self.verdict = verdict
         raise HealthPruned(verdict)
+
+
+def _module(parameter_name: str) -> str:
+    """The module a parameter belongs to (``encoder.0`` for ``encoder.0.weight``)."""
+    return parameter_name.rpartition(".")[0] or parameter_name
+
+
+def _read(parts: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, list[float]]:
+    """Every tensor of ``parts`` brought to the host in one transfer, as lists of floats."""
+    flat = [t.detach().float().flatten().to(device) for t in parts.values()]
+    values = torch.cat(flat).tolist()
+    out, pos = {}, 0
+    for name, t in zip(parts, flat, strict=True):
+        out[name] = values[pos:pos + t.numel()]
+        pos += t.numel()
+    return out
