@@ -80,6 +80,7 @@ bench: $(STAMP)
 	$(PY) bench/monitor_overhead.py
 	$(PY) bench/health_zoo.py
 	$(PY) bench/health_savings.py
+	$(PY) bench/search_efficiency.py
 	$(PY) bench/report_speed.py
 	$(PY) bench/workers.py
 	$(PY) bench/pg_workers.py

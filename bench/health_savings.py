@@ -1,17 +1,21 @@
 """Compute a sweep saves with health pruning: the same study (same seed, same budget)
-with health pruning on and off. Prints epochs run, trial-seconds, best metric, and
-the reasons trials were pruned.
+with health pruning on and off, over several sampler seeds. Prints epochs run,
+trial-seconds and best metric per seed and their medians, and the reasons trials
+were pruned.
 
-    python bench/health_savings.py [--study ctc_wide] [--trials 20]
+    python bench/health_savings.py [--study ctc_wide] [--trials 20] [--seeds 3] [--jobs 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures as cf
 import dataclasses
 import io
+import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +31,14 @@ from sweeper.sweep import Sweep, trial_seconds
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(spec, trials: int) -> dict:  # type: ignore[no-untyped-def]
+def run(study: str, seed: int, health: bool, trials: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)  # two runs share the two cores
+    spec = load_spec(study, REPO / "studies")
+    spec = dataclasses.replace(spec, sampler=dataclasses.replace(spec.sampler, seed=seed))
+    if not health:
+        spec = dataclasses.replace(spec, health=HealthSpec(enabled=False))
     with tempfile.TemporaryDirectory() as tmp:
         cwd = os.getcwd()
         os.chdir(tmp)
@@ -53,20 +64,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", default="ctc_wide")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     spec = load_spec(args.study, REPO / "studies")
-    with_health = run(spec, args.trials)
-    without = run(dataclasses.replace(spec, health=HealthSpec(enabled=False)), args.trials)
+    seeds = list(range(args.seeds))
+    with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {(seed, health): pool.submit(run, args.study, seed, health, args.trials)
+                   for seed in seeds for health in (True, False)}
+        results = {k: f.result() for k, f in futures.items()}
     full = args.trials * (spec.budget.epochs or 0)
     print(f"{spec.name}: {args.trials} trials x {spec.budget.epochs} epochs (= {full} epochs unpruned), "
-          f"sampler seed {spec.sampler.seed}, pruner {spec.pruner.type} in both runs")
-    print(f"{'':<22}{'epochs':>8}{'trial-s':>10}{'best ' + spec.metric:>12}")
-    for name, r in (("health pruning on", with_health), ("health pruning off", without)):
-        print(f"{name:<22}{r['epochs']:>8}{r['trial_s']:>10.0f}{r['best']:>12.4f}")
-    print(f"epochs saved by health pruning: {1 - with_health['epochs'] / without['epochs']:.0%}; "
-          f"trial-seconds saved: {1 - with_health['trial_s'] / without['trial_s']:.0%}")
-    print(f"outcomes with health on:  {with_health['reasons']}")
-    print(f"outcomes with health off: {without['reasons']}")
+          f"sampler seeds {seeds}, pruner {spec.pruner.type} in both arms")
+    print(f"{'':<20}{'seed':>5}{'epochs':>8}{'trial-s':>10}{'best ' + spec.metric:>12}")
+    for health, name in ((True, "health pruning on"), (False, "health pruning off")):
+        for seed in seeds:
+            r = results[seed, health]
+            print(f"{name:<20}{seed:>5}{r['epochs']:>8}{r['trial_s']:>10.0f}{r['best']:>12.4f}")
+    med = {h: {k: statistics.median(results[s, h][k] for s in seeds) for k in ("epochs", "trial_s", "best")}
+           for h in (True, False)}
+    for health, name in ((True, "health on, median"), (False, "health off, median")):
+        m = med[health]
+        print(f"{name:<20}{'':>5}{m['epochs']:>8g}{m['trial_s']:>10.0f}{m['best']:>12.4f}")
+    saved = statistics.median(1 - results[s, True]["epochs"] / results[s, False]["epochs"] for s in seeds)
+    saved_s = statistics.median(1 - results[s, True]["trial_s"] / results[s, False]["trial_s"] for s in seeds)
+    print(f"epochs saved by health pruning: {saved:.0%} (median over seeds); trial-seconds saved: {saved_s:.0%}")
+    for health in (True, False):
+        total: collections.Counter[str] = collections.Counter()
+        for s in seeds:
+            total.update(results[s, health]["reasons"])
+        print(f"outcomes with health {'on' if health else 'off'}, all seeds: {dict(total)}")
 
 
 if __name__ == "__main__":

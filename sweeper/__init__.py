@@ -12,8 +12,10 @@ from . import _optuna_warnings  # noqa: F401  (first: silences Optuna's experime
 from .errors import SweepFailed, UserError
 from .export import export_best
 from .health import HealthMonitor, HealthPruned, Reason, Verdict
+from .pruning import ProgressPruner
 from .report import trials_frame, write_results
 from .run_config import load_training_config, train_config
+from .sampling import FeasibleTPESampler
 from .space import base_config, suggest, trial_config
 from .spec import StudySpec, load_spec, parse_overrides, parse_spec
 from .sweep import Sweep, SweepOutcome, run_sweep
@@ -23,11 +25,13 @@ from .user_run import Run, current_run
 
 __all__ = [
     "EvalResult",
+    "FeasibleTPESampler",
     "FitResult",
     "FunctionTask",
     "HealthMonitor",
     "HealthPruned",
     "KeyType",
+    "ProgressPruner",
     "Reason",
     "Run",
     "StudySpec",

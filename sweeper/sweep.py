@@ -23,6 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from .budget_lock import BudgetLock
 from .errors import SweepFailed, UserError
 from .health import HealthMonitor, HealthPruned, diagnose
+from .pruning import GuardedHyperband, ProgressPruner, WarmupGuard
+from .sampling import FeasibleTPESampler
 from .space import trial_config
 from .spec import StudySpec, grid_error, grid_space
 from .storage import check_writable, open_storage, sqlite_path
@@ -56,7 +58,7 @@ def make_sampler(spec: StudySpec, *, seed_offset: int = 0,
         # constant liar: a trial still running counts as a poor result, so concurrent workers
         # do not propose the same point; with one worker there is nothing running to lie about
         opts.setdefault("constant_liar", True)
-        return optuna.samplers.TPESampler(seed=seed, **opts)
+        return FeasibleTPESampler(seed=seed, **opts)
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.type == "cmaes":
@@ -69,17 +71,19 @@ def make_sampler(spec: StudySpec, *, seed_offset: int = 0,
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's performance pruner. None judges a trial inside its learning-rate warmup;
+    median and percentile compare trials at equal progress (see ``sweeper.pruning``)."""
     p, opts = spec.pruner, dict(spec.pruner.options)
     if p.type == "median":
-        return optuna.pruners.MedianPruner(**opts)
+        return ProgressPruner(50.0, **opts)
     if p.type == "percentile":
-        return optuna.pruners.PercentilePruner(**opts)
+        return ProgressPruner(**opts)
     if p.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(**opts)
+        return GuardedHyperband(**opts)
     if p.type == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**opts)
+        return WarmupGuard(optuna.pruners.SuccessiveHalvingPruner(**opts))
     if p.type == "threshold":
-        return optuna.pruners.ThresholdPruner(**opts)
+        return WarmupGuard(optuna.pruners.ThresholdPruner(**opts))
     return optuna.pruners.NopPruner()
 
 
