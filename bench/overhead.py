@@ -33,7 +33,7 @@ import sweeper.storage as storage_module
 import sweeper.sweep as sweep_module
 from sweeper.space import base_config, suggest
 from sweeper.spec import load_spec
-from sweeper.sweep import Sweep, make_pruner, make_sampler
+from sweeper.sweep import Sweep
 from sweeper.tasks import get_task
 from sweeper.tasks.base import EvalResult
 from sweeper.train import FitResult, fit
@@ -72,8 +72,11 @@ def sweeper_per_trial(spec: Any, trials: int, journal: str) -> float:
 def bare_optuna_per_trial(spec: Any, trials: int, journal: str, epochs: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         _prepare(Path(tmp) / "study.db", journal)
-        study = optuna.create_study(storage=f"sqlite:///{tmp}/study.db", sampler=make_sampler(spec),
-                                    pruner=make_pruner(spec), direction=spec.direction)
+        # what an Optuna user builds: Optuna's own TPE and median pruner with the study's options
+        study = optuna.create_study(storage=f"sqlite:///{tmp}/study.db",
+                                    sampler=optuna.samplers.TPESampler(seed=spec.sampler.seed, **spec.sampler.options),
+                                    pruner=optuna.pruners.MedianPruner(**spec.pruner.options),
+                                    direction=spec.direction)
 
         def objective(trial: optuna.Trial) -> float:
             suggest(trial, spec.params)

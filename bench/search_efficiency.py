@@ -234,7 +234,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         by_arm = {arm: [r for r in mine if r["arm"] == arm] for arm in ARMS if any(r["arm"] == arm for r in mine)}
         finals = {arm: [curve(r)[-1][1] for r in rs] for arm, rs in by_arm.items()}
         target = quartiles(finals["optuna"])[1] if "optuna" in finals else math.nan
-        rows = {}
+        rows: dict[str, Any] = {}
         for arm, rs in by_arm.items():
             curves = [curve(r) for r in rs]
             used = [c[-1][0] for c in curves]
@@ -245,10 +245,24 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             rows[arm] = {"final": quartiles(finals[arm]), "finals": finals[arm], "epochs": quartiles(used),
                          "reach": median_inf(reach), "reach_each": reach, "reached": sum(x < math.inf for x in reach),
                          "seeds": len(rs), "outcomes": dict(reasons),
-                         "completed": statistics.median(sum(t["state"] == "COMPLETE" for t in r["trials"]) for r in rs)}
+                         "completed": statistics.median(sum(t["state"] == "COMPLETE" for t in r["trials"]) for r in rs),
+                         "p_worse": p_worse(finals[arm], finals.get("optuna", []), minimize)}
         out[study] = {"metric": mine[0]["metric"], "minimize": minimize, "target": target, "arms": rows,
                       "trials": mine[0]["trials_budget"], "epochs_per_trial": mine[0]["epochs_per_trial"]}
     return out
+
+
+def p_worse(mine: Sequence[float], plain: Sequence[float], minimize: bool) -> float:
+    """One-sided Mann-Whitney U: the chance of final bests at least this much worse than
+    plain Optuna's if the two searches were equally good (NaN finals count as worst)."""
+    from scipy.stats import mannwhitneyu
+
+    if not mine or not plain:
+        return math.nan
+    worst = math.inf if minimize else -math.inf
+    a = [worst if math.isnan(v) else v for v in mine]
+    b = [worst if math.isnan(v) else v for v in plain]
+    return float(mannwhitneyu(a, b, alternative="greater" if minimize else "less").pvalue)
 
 
 def fmt(v: float, digits: int = 4) -> str:
@@ -264,8 +278,8 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
                      f"({'lower' if s['minimize'] else 'higher'} is better); plain Optuna's median final best "
                      f"{fmt(s['target'])}\n")
         lines.append(f"| arm | final best: median [q1, q3] | completed | epochs used: median [q1, q3] "
-                     f"| epochs to reach {fmt(s['target'])} (seeds that did) | vs plain Optuna |")
-        lines.append("|---|---|---|---|---|---|")
+                     f"| epochs to reach {fmt(s['target'])} (seeds that did) | vs plain Optuna | p worse |")
+        lines.append("|---|---|---|---|---|---|---|")
         for arm, r in s["arms"].items():
             q1, med, q3 = r["final"]
             e1, em, e3 = r["epochs"]
@@ -273,7 +287,8 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
                      else f"{r['reach'] / plain['reach']:.2f}")
             reach = "never" if math.isinf(r["reach"]) else f"{r['reach']:.0f}"
             lines.append(f"| {arm} | {fmt(med)} [{fmt(q1)}, {fmt(q3)}] | {r['completed']:g} "
-                         f"| {em:.0f} [{e1:.0f}, {e3:.0f}] | {reach} ({r['reached']}/{r['seeds']}) | {ratio} |")
+                         f"| {em:.0f} [{e1:.0f}, {e3:.0f}] | {reach} ({r['reached']}/{r['seeds']}) | {ratio} "
+                         f"| {'-' if arm == 'optuna' else fmt(r['p_worse'], 2)} |")
     return "\n".join(lines)
 
 

@@ -33,7 +33,7 @@ name: warm
 task: curves:train
 metric: score
 direction: maximize
-budget: {{trials: 16, epochs: 8}}
+budget: {{trials: 12, epochs: 6}}
 sampler: {{type: random, seed: 3}}
 pruner: {pruner}
 health: false
@@ -71,13 +71,13 @@ def test_no_trial_is_performance_pruned_inside_its_warmup(kind: str, tmp_path: P
             f"trial {t.number} was pruned at epoch {t.last_step}, inside its {t.params['warmup_epochs']}-epoch warmup")
     for t in trials:
         if t.state == TrialState.COMPLETE:
-            assert len(t.intermediate_values) == 8
+            assert len(t.intermediate_values) == 6
 
 
 OPTUNA_PRUNERS = {
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     "percentile": lambda: optuna.pruners.PercentilePruner(75, n_startup_trials=2),
-    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=8, reduction_factor=2),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=6, reduction_factor=2),
     "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
     "threshold": lambda: optuna.pruners.ThresholdPruner(lower=0.3),
 }

@@ -197,8 +197,10 @@ def test_pruned_trials_count_in_budget_with_a_reason(workdir: Path) -> None:
     assert [t.state for t in trials] == [TrialState.PRUNED] * 4
     for t in trials:
         assert t.user_attrs["health.reason"] == "underperforming"
-        assert "threshold pruner stopped it after epoch 0" in t.user_attrs["health.detail"]
-        assert t.user_attrs["epochs_run"] == 1
+        # ctc_digits warms its lr up over 1 epoch by default: the first judgement is after it
+        assert t.user_attrs["config"]["warmup_epochs"] == 1
+        assert "threshold pruner stopped it after epoch 1" in t.user_attrs["health.detail"]
+        assert t.user_attrs["epochs_run"] == 2
     rows = list(csv.DictReader((workdir / "results" / "tiny" / "trials.csv").open()))
     assert {r["health.reason"] for r in rows} == {"underperforming"}
 
