@@ -22,7 +22,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-UNDERPERFORMING = "underperforming"
+from .health.verdict import Reason
 
 
 def warmup_of(trial: FrozenTrial) -> int:
@@ -43,6 +43,11 @@ def earliest_prune_step(trial: FrozenTrial, n_warmup_steps: int) -> int:
     """The first epoch (0-based) at which ``trial`` may be judged: its own warmup, then
     the pruner's ``n_warmup_steps`` more."""
     return warmup_of(trial) + n_warmup_steps
+
+
+def in_warmup(trial: FrozenTrial) -> bool:
+    """Whether the trial's last report came from inside its learning-rate warmup."""
+    return trial.last_step is None or trial.last_step < warmup_of(trial)
 
 
 def epochs_of(trial: FrozenTrial) -> int | None:
@@ -111,7 +116,7 @@ def reference_values(trials: Sequence[FrozenTrial], progress: int, direction: St
     trials that got that far: completed ones and those the performance pruner stopped."""
     out = []
     for t in trials:
-        if t.state == TrialState.PRUNED and t.user_attrs.get("health.reason") not in (None, UNDERPERFORMING):
+        if t.state == TrialState.PRUNED and t.user_attrs.get("health.reason") not in (None, Reason.UNDERPERFORMING):
             continue
         at = warmup_of(t) + progress
         if at not in t.intermediate_values:
@@ -129,10 +134,7 @@ class WarmupGuard(BasePruner):
         self.inner = inner
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        step = trial.last_step
-        if step is None or step < warmup_of(trial):
-            return False
-        return self.inner.prune(study, trial)
+        return not in_warmup(trial) and self.inner.prune(study, trial)
 
 
 class GuardedHyperband(optuna.pruners.HyperbandPruner):
@@ -140,10 +142,8 @@ class GuardedHyperband(optuna.pruners.HyperbandPruner):
     subclass, not a wrapper: TPE reads the brackets of a ``HyperbandPruner`` it finds)."""
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        step = trial.last_step
-        if step is None or step < warmup_of(trial):
-            return False
-        return super().prune(study, trial)
+        return not in_warmup(trial) and super().prune(study, trial)
 
 
-__all__ = ["GuardedHyperband", "ProgressPruner", "WarmupGuard", "earliest_prune_step", "reference_values", "warmup_of"]
+__all__ = ["GuardedHyperband", "ProgressPruner", "WarmupGuard", "earliest_prune_step", "in_warmup", "reference_values",
+           "warmup_of"]

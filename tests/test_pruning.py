@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -11,8 +12,15 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from sweeper.pruning import ProgressPruner, earliest_prune_step, reference_values, warmup_of
-from sweeper.spec import load_spec
+from sweeper.pruning import (
+    GuardedHyperband,
+    ProgressPruner,
+    WarmupGuard,
+    earliest_prune_step,
+    reference_values,
+    warmup_of,
+)
+from sweeper.spec import PrunerSpec, load_spec
 from sweeper.sweep import Sweep, make_pruner
 
 # A trial's score stays at 0 while its learning rate warms up, then climbs towards its
@@ -161,6 +169,12 @@ def test_progress_pruner_judges_a_late_starter_by_its_progress() -> None:
 def test_make_pruner_maps_each_kind() -> None:
     spec = load_spec("ctc_baseline")
     assert isinstance(make_pruner(spec), ProgressPruner)
+    kinds = {"percentile": ({"percentile": 25.0}, ProgressPruner), "hyperband": ({}, GuardedHyperband),
+             "successive_halving": ({}, WarmupGuard), "threshold": ({"lower": 0.1}, WarmupGuard),
+             "none": ({}, optuna.pruners.NopPruner)}
+    for kind, (options, cls) in kinds.items():
+        pruner = make_pruner(dataclasses.replace(spec, pruner=PrunerSpec(type=kind, options=options)))
+        assert isinstance(pruner, cls), kind
 
 
 def test_progress_pruner_never_prunes_the_last_epoch() -> None:
