@@ -7,8 +7,10 @@ since only completed trials are compared against, and only trials above the medi
 complete, the bar ratchets up until nearly every later trial is pruned. Here a trial's
 progress is counted in epochs past its own learning-rate warmup, and it is compared
 with every trial (completed or performance-pruned) at the same progress, best value so
-far against best value so far. Health-pruned trials are not in the reference: they were
-stopped for being sick, not slow.
+far against best value so far. A trial that ended before that progress (pruned earlier,
+or stopped early) stays in the reference with its best value: leaving it out would judge
+late epochs against the survivors only, the same ratchet. Health-pruned trials are not in
+the reference: they were stopped for being sick, not slow.
 """
 
 from __future__ import annotations
@@ -112,14 +114,14 @@ class ProgressPruner(BasePruner):
 
 
 def reference_values(trials: Sequence[FrozenTrial], progress: int, direction: StudyDirection) -> list[float]:
-    """Each judged trial's best value up to ``progress`` epochs past its warmup, for the
-    trials that got that far: completed ones and those the performance pruner stopped."""
+    """Each judged trial's best value up to ``progress`` epochs past its warmup (its best of
+    all, if it ended sooner): completed trials and those the performance pruner stopped."""
     out = []
     for t in trials:
         if t.state == TrialState.PRUNED and t.user_attrs.get("health.reason") not in (None, Reason.UNDERPERFORMING):
             continue
         at = warmup_of(t) + progress
-        if at not in t.intermediate_values:
+        if at not in t.intermediate_values and (t.last_step is None or t.last_step > at):
             continue
         v = _best_until(t, at, direction)
         if not math.isnan(v):

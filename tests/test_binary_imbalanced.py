@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sweeper.cli import main
-from sweeper.health import HealthMonitor, HealthPruned
+from sweeper.health import HealthMonitor
 from sweeper.tasks import Task, get_task
 from sweeper.tasks.binary_imbalanced import FusionTransformer, binary_scores, build_halves
 from sweeper.train import fit
@@ -77,16 +77,31 @@ def _monitor(task: Task, config: dict[str, Any]) -> HealthMonitor:
                          warmup_epochs=config["warmup_epochs"])
 
 
-def test_an_all_negative_model_is_class_collapse() -> None:
+def test_an_all_negative_model_whose_outputs_rank_the_nines_is_not_class_collapse() -> None:
     # the write-up's "val F1 = 0.000, predicting all class 0": a narrow one-layer model with a
-    # focal loss and a strong auxiliary loss never calls anything a 9 (trial 3 of the full study)
+    # focal loss and a strong auxiliary loss calls (almost) nothing a 9, while its outputs rank
+    # the 9s (macro AUC 0.89): at 6% positives its argmax is a threshold, not a collapse, and
+    # the performance pruner, not a health verdict, is what should stop it
     task = get_task("binary_imbalanced")
     config = {**task.defaults, "lr": 7.3e-4, "width": 32, "depth": 1, "heads": 2, "loss": "focal",
-              "aux_weight": 0.84, "epochs": 8}
-    with pytest.raises(HealthPruned) as caught:
-        fit(config, task, monitor=_monitor(task, config))
-    assert caught.value.verdict.reason.value == "class_collapse"
-    assert "class 0 takes 100%" in caught.value.verdict.detail
+              "aux_weight": 0.84, "epochs": 6}
+    monitor = _monitor(task, config)
+    result = fit(config, task, monitor=monitor)  # a verdict here would raise
+    assert sum(h["f1"] == 0 for h in result.history) >= 4 and monitor.verdict is None
+
+
+def test_an_f1_dip_after_a_warm_restart_is_not_class_collapse() -> None:
+    # trial 10 of a 24 x 12 search (seed 0): F1 0.72 by epoch 5, then the lr restarts and it
+    # calls nearly nothing a 9 for two evaluations while its outputs still rank them (AUC
+    # 0.86); it was pruned as class_collapse, the best configuration of that search lost
+    task = get_task("binary_imbalanced")
+    config = {**task.defaults, "lr": 7.93e-3, "patience": 5, "schedule": "cosine_restarts", "width": 64,
+              "depth": 2, "heads": 8, "modality_dropout": 0.153, "aux_weight": 0.902, "loss": "focal",
+              "epochs": 10}
+    result = fit(config, task, monitor=_monitor(task, config))
+    f1 = [h["f1"] for h in result.history]
+    assert max(f1[:6]) > 0.6 and min(f1[6:]) < 0.3  # the dip the old rule pruned
+    assert result.epochs_run == 10
 
 
 def test_heads_must_divide_width() -> None:

@@ -206,16 +206,36 @@ def test_blank_output_waits_for_grace(epoch: int, empty: float, fires: bool) -> 
     assert (v is not None) == fires
 
 
-def test_class_collapse_all_majority_and_three_of_fifty() -> None:
+def test_class_collapse_all_one_class_and_three_of_fifty() -> None:
     det = ClassCollapse(patience=1)
-    targets = torch.tensor([0] * 95 + [1] * 5)
+    targets = torch.tensor([0, 1] * 50)
     assert det.on_eval(signals(outputs={"predictions": targets.clone(), "targets": targets})) is None
     v = det.on_eval(signals(outputs={"predictions": torch.zeros(100, dtype=torch.long), "targets": targets}))
     assert v is not None and "use 1 of 2 label classes" in v.detail and "class 0 takes 100%" in v.detail
+    assert "50% of samples are of classes it leaves out" in v.detail
     fifty = torch.arange(50).repeat(4)
     three = torch.tensor([0, 21, 38]).repeat(67)[:200]
     v = ClassCollapse(patience=1).on_eval(signals(outputs={"predictions": three, "targets": fifty}))
     assert v is not None and "use 3 of 50 label classes" in v.detail
+
+
+def test_all_majority_on_skewed_labels_is_collapse_only_when_the_outputs_rank_nothing() -> None:
+    # 5% positives: an uncertain but sound model's argmax is the majority class everywhere;
+    # its outputs still rank the positives. Constant outputs rank nothing.
+    targets = torch.tensor([0] * 95 + [1] * 5)
+    all_negative = torch.zeros(100, dtype=torch.long)
+    assert ClassCollapse(patience=1).on_eval(signals(outputs={"predictions": all_negative, "targets": targets})) is None
+    positive_logit = targets.float() * 2 - 3 + 0.1 * torch.randn(100)  # ranks them, all below 0: no positive
+    ranking = torch.stack([torch.zeros(100), positive_logit], 1)
+    ev = label_evidence(ranking, targets)
+    assert ev is not None and ev.informative
+    assert ClassCollapse(patience=1).on_eval(
+        signals(outputs={"logits": ranking, "targets": targets}, evidence=ev)) is None
+    constant = torch.tensor([[0.0, -3.0]]).repeat(100, 1)
+    ev = label_evidence(constant, targets)
+    assert ev is not None and not ev.informative
+    v = ClassCollapse(patience=1).on_eval(signals(outputs={"logits": constant, "targets": targets}, evidence=ev))
+    assert v is not None and "class 0 takes 100%" in v.detail and "no better than chance" in v.detail
 
 
 def test_class_collapse_patience_and_grace() -> None:

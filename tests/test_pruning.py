@@ -126,8 +126,14 @@ def test_reference_is_taken_at_equal_progress_past_each_warmup() -> None:
     slow = _trial(2, [0.0, 0.0, 0.5, 0.55])
     stopped = _trial(1, [0.0, 0.2], TrialState.PRUNED, reason="underperforming")
     sick = _trial(0, [0.0], TrialState.PRUNED, reason="grad_explosion")
-    # one epoch past warmup: fast at epoch 1, slow at epoch 3, stopped at epoch 2 (not reached)
-    assert sorted(reference_values([fast, slow, stopped, sick], 1, StudyDirection.MAXIMIZE)) == [0.55, 0.6]
+    # one epoch past warmup: fast at epoch 1, slow at epoch 3; stopped ended at progress 1 (its
+    # epoch 2 never ran): it stays in the reference with its best, or only survivors would be
+    assert sorted(reference_values([fast, slow, stopped, sick], 1, StudyDirection.MAXIMIZE)) == [0.2, 0.55, 0.6]
+    # and at every later progress: the bar is the median of all judged trials, not of the survivors
+    assert sorted(reference_values([fast, slow, stopped, sick], 3, StudyDirection.MAXIMIZE)) == [0.2, 0.55, 0.8]
+    gap = _trial(0, [0.1, 0.3])
+    del gap.intermediate_values[0]  # no report at that epoch, but it ran past it: not carried back
+    assert reference_values([gap], 0, StudyDirection.MAXIMIZE) == []
     # at progress 0 the performance-pruned trial counts, the health-pruned one does not
     assert sorted(reference_values([fast, slow, stopped, sick], 0, StudyDirection.MAXIMIZE)) == [0.2, 0.5, 0.5]
     # best so far, not the value at that epoch

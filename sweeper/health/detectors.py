@@ -512,7 +512,13 @@ class BlankOutput(Detector):
 class ClassCollapse(Detector):
     """Predictions concentrate on few classes compared with the labels: prediction
     entropy below ``min_entropy_ratio`` x label entropy, for ``patience`` evaluations from
-    epoch ``grace_epochs`` on, never during warmup. An evaluation does not count when the
+    epoch ``grace_epochs`` on, never during warmup, and either at least ``min_missed`` of
+    the samples belong to classes the predictions leave out (the total variation between
+    predicted and label class frequencies: accuracy can be at most 1 minus it) or, with
+    ``logits``, outputs that rank the labels no better than chance. On skewed labels a
+    sound model's argmax sits on the majority class (6% positives, an uncertain posterior
+    below 0.5): that is a decision threshold, not a collapse, while its outputs still
+    rank the minority class. An evaluation does not count when the
     model shows it is still learning: validation loss at a new low by ``progress``
     (relative), outputs ranking the labels better than before (with ``logits``: macro AUC
     up by ``progress``), or prediction entropy up by ``recovering`` x (a slow learner
@@ -521,6 +527,7 @@ class ClassCollapse(Detector):
 
     reason: ClassVar[Reason] = Reason.CLASS_COLLAPSE
     min_entropy_ratio: float = 0.5
+    min_missed: float = 0.5
     patience: int = 2
     grace_epochs: int = 0
     recovering: float = 1.1
@@ -546,7 +553,10 @@ class ClassCollapse(Detector):
         # (near-zero entropy is a collapse whatever its trend)
         spreading = last is not None and h_p > self.recovering * last and h_p > 0.25 * h_t
         self._last_entropy = h_p
-        if h_t <= 0 or h_p >= self.min_entropy_ratio * h_t or spreading or e.learning(self.progress):
+        missed = 0.5 * float((p / p.sum() - t / t.sum()).abs().sum())
+        ranks = e.evidence is not None and e.evidence.informative
+        if h_t <= 0 or h_p >= self.min_entropy_ratio * h_t or spreading or e.learning(self.progress) or (
+                missed < self.min_missed and (ranks or e.evidence is None)):
             self._strikes = 0
             return None
         self._strikes += 1
@@ -555,11 +565,15 @@ class ClassCollapse(Detector):
         share_p, share_t = float(p.max() / p.sum()), float(t.max() / t.sum())
         top = int(p.argmax())
         auc = f"; macro AUC {e.evidence.auc:.2f}, no better than before" if e.evidence else ""
+        if missed >= self.min_missed:
+            left = f"{missed:.0%} of samples are of classes it leaves out"
+        else:
+            left = f"the outputs rank the labels no better than chance (AUC sd {e.evidence.auc_sd:.3f})"
         return Verdict(self.reason, f"predictions use {int((p > 0).sum())} of {int((t > 0).sum())} label classes; "
                                     f"class {top} takes {share_p:.0%} (largest label share {share_t:.0%}); "
                                     f"prediction entropy {h_p:.2f} vs label entropy {h_t:.2f} nats (limit "
-                                    f"{self.min_entropy_ratio:g}x) after epoch {e.epoch}, validation loss not "
-                                    f"falling{auc}", e.step, e.epoch)
+                                    f"{self.min_entropy_ratio:g}x); {left} after epoch {e.epoch}, validation loss "
+                                    f"not falling{auc}", e.step, e.epoch)
 
 
 def _entropy(counts: torch.Tensor) -> float:
