@@ -268,6 +268,7 @@ GRID_POINTS = {json.dumps({"clip_norm": c, "dropout": d, "lr": lr}, sort_keys=Tr
                for lr in (1e-3, 5e-3) for d in (0.0, 0.1, 0.2) for c in (None, 1.0)}
 
 
+@pytest.mark.slow  # three CLI runs, two of them workers: CI runs it (make test-all)
 def test_a_grid_study_runs_every_point_once_across_a_resume_and_two_workers(workdir: Path) -> None:
     from .conftest import run_cli
 

@@ -36,6 +36,7 @@ def test_the_example_script_runs_on_its_own(example: Path) -> None:
     assert "epoch   1 val_loss" in done.stdout  # without sweeper: run is None
 
 
+@pytest.mark.slow  # a whole study of the example through the CLI, then sweeper train: CI runs it (make test-all)
 def test_the_example_runs_as_a_study_and_its_best_config_under_sweeper_train(example: Path) -> None:
     proc = run_cli("run", "study.yaml", "--trials", "4", "--set", "epochs=4", "--no-progress", cwd=example)
     assert proc.returncode == 0, proc.stderr
