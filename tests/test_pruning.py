@@ -131,8 +131,9 @@ def test_reference_is_taken_at_equal_progress_past_each_warmup() -> None:
     assert sorted(reference_values([fast, slow, stopped, sick], 1, StudyDirection.MAXIMIZE)) == [0.2, 0.55, 0.6]
     # and at every later progress: the bar is the median of all judged trials, not of the survivors
     assert sorted(reference_values([fast, slow, stopped, sick], 3, StudyDirection.MAXIMIZE)) == [0.2, 0.55, 0.8]
-    gap = _trial(0, [0.1, 0.3])
-    del gap.intermediate_values[0]  # no report at that epoch, but it ran past it: not carried back
+    gap = create_trial(state=TrialState.COMPLETE, value=0.3, intermediate_values={1: 0.3},
+                       user_attrs={"config": {"warmup_epochs": 0}})
+    # no report at epoch 0, but it ran past it: not carried back
     assert reference_values([gap], 0, StudyDirection.MAXIMIZE) == []
     # at progress 0 the performance-pruned trial counts, the health-pruned one does not
     assert sorted(reference_values([fast, slow, stopped, sick], 0, StudyDirection.MAXIMIZE)) == [0.2, 0.5, 0.5]

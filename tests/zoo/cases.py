@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sweeper.health import HealthMonitor
+from sweeper.losses import classification_loss
 
 from . import data as zd
 from .loop import (
@@ -495,8 +496,7 @@ def _(monitor: HealthMonitor | None, epochs: int) -> Outcome:
     d = zd.Split(flat.x.reshape(-1, 8, 8), flat.y, flat.vx.reshape(-1, 8, 8), flat.vy)
 
     def focal(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        logp = nn.functional.log_softmax(model(d.x[idx]), 1).gather(1, d.y[idx][:, None]).squeeze(1)
-        return (-(1 - logp.exp()) ** 2 * logp).mean()
+        return classification_loss("focal", model(d.x[idx]), d.y[idx])
 
     model = TransformerClassifier(classes=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
