@@ -147,8 +147,8 @@ class _Reporter:
 def _plain(spec: Any, job: Job) -> Any:
     import optuna
 
+    from sweeper.integrations import load_task
     from sweeper.space import trial_config
-    from sweeper.tasks import load_task
     from sweeper.train import fit
 
     task = load_task(spec)

@@ -12,6 +12,7 @@ from . import _optuna_warnings  # noqa: F401  (first: silences Optuna's experime
 from .errors import SweepFailed, UserError
 from .export import export_best
 from .health import HealthMonitor, HealthPruned, Reason, Verdict
+from .integrations import FunctionTask, Run, current_run
 from .pruning import ProgressPruner
 from .report import trials_frame, write_results
 from .run_config import load_training_config, train_config
@@ -19,9 +20,8 @@ from .sampling import FeasibleTPESampler
 from .space import base_config, suggest, trial_config
 from .spec import StudySpec, load_spec, parse_overrides, parse_spec
 from .sweep import Sweep, SweepOutcome, run_sweep
-from .tasks import EvalResult, FunctionTask, KeyType, Task, TaskRun, get_task
+from .tasks import EvalResult, KeyType, Task, TaskRun, get_task
 from .train import FitResult, fit
-from .user_run import Run, current_run
 
 __all__ = [
     "EvalResult",

@@ -14,8 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import __version__
 from .errors import UserError
+from .integrations.command import fill_command
 from .spec import StudySpec
-from .tasks.command import fill_command
 
 
 def code_version() -> str:

@@ -12,8 +12,9 @@ from typing import Any, TextIO
 import yaml
 
 from .errors import UserError
+from .integrations import CommandTask, FunctionTask, import_function, is_function_ref
 from .spec import _Loader, parse_scalar, show_value
-from .tasks import TASKS, CommandTask, FunctionTask, get_task, import_function, is_function_ref
+from .tasks import TASKS, get_task
 from .tasks.base import EvalResult
 from .train import FitResult, fit
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import optuna
 
+from .integrations import load_task
 from .spec import CategoricalParam, FloatParam, IntParam, ParamSpec, StudySpec
-from .tasks import load_task
 
 
 def suggest(

@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .integrations.function import import_function, is_function_ref
 from .tasks import TASKS, get_task
 from .tasks.base import KeyType, Task, show_value
-from .tasks.function import import_function, is_function_ref
 
 STUDIES_DIR = Path("studies")
 

@@ -23,12 +23,12 @@ from optuna.trial import FrozenTrial, TrialState
 from .budget_lock import BudgetLock
 from .errors import SweepFailed, UserError
 from .health import HealthMonitor, HealthPruned, diagnose
+from .integrations import CommandTask, FunctionTask, load_task
 from .pruning import GuardedHyperband, ProgressPruner, WarmupGuard
 from .sampling import FeasibleTPESampler
 from .space import trial_config
 from .spec import StudySpec, grid_error, grid_space
 from .storage import check_writable, open_storage, sqlite_path
-from .tasks import CommandTask, FunctionTask, load_task
 from .tasks.base import EvalResult, format_value, show_value
 from .train import fit
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from .base import KeyType, Task, TaskRun
+from ..tasks.base import KeyType, Task, TaskRun
 
 FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -81,7 +81,7 @@ class FunctionTask(UserTask):
               device: str = "auto") -> Any:
         """Seed, call the function with a ``Run`` and return a ``FitResult``."""
         from ..train import FitResult, seed_everything
-        from ..user_run import Run
+        from .run import Run
 
         fn = import_function(self.name, self.search)
         started = time.perf_counter()

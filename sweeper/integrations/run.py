@@ -34,10 +34,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .health import HealthMonitor, HealthPruned
-from .tasks.base import EvalResult
-from .tasks.command import REPORT_ENV, RUN_ENV
-from .train import Monitor, Reporter, resolve_device
+from ..health import HealthMonitor, HealthPruned
+from ..tasks.base import EvalResult
+from ..train import Monitor, Reporter, resolve_device
+from .command import REPORT_ENV, RUN_ENV
 
 
 class _Sink(Protocol):

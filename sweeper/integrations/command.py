@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..health.verdict import HealthPruned, Reason, Verdict
-from .base import EvalResult, KeyType, show_value
+from ..tasks.base import EvalResult, KeyType, show_value
 from .function import UserTask
 
 POLL_S = 0.2  # how often the report file is read while the script runs
