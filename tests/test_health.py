@@ -238,6 +238,25 @@ def test_all_majority_on_skewed_labels_is_collapse_only_when_the_outputs_rank_no
     assert v is not None and "class 0 takes 100%" in v.detail and "no better than chance" in v.detail
 
 
+def test_one_class_argmax_is_no_collapse_when_the_outputs_separate_the_labels() -> None:
+    # a plateau: logits differ by 1e-4, every argmax is class 0, yet they order the labels
+    # almost perfectly (balanced labels: half the samples are of the class left out)
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.tensor([0, 1] * 100)
+    margin = 1e-4 * (targets.float() + 0.05 * torch.randn(200, generator=gen)) - 1e-3
+    plateau = torch.stack([torch.zeros(200), margin], 1)
+    ev = label_evidence(plateau, targets)
+    assert ev is not None and ev.auc > 0.95
+    assert ClassCollapse(patience=1).on_eval(signals(outputs={"logits": plateau, "targets": targets}, evidence=ev)) \
+        is None
+    # the same argmax from outputs that only weakly depend on the input is a collapse
+    weak = torch.stack([torch.zeros(200), 1e-4 * (0.3 * targets.float() + torch.randn(200, generator=gen)) - 1e-3], 1)
+    ev = label_evidence(weak, targets)
+    assert ev is not None and ev.auc < 0.9
+    v = ClassCollapse(patience=1).on_eval(signals(outputs={"logits": weak, "targets": targets}, evidence=ev))
+    assert v is not None and "50% of samples are of classes it leaves out" in v.detail
+
+
 def test_class_collapse_patience_and_grace() -> None:
     targets = torch.arange(10).repeat(10)
     collapsed = {"predictions": torch.zeros(100, dtype=torch.long), "targets": targets}

@@ -518,7 +518,10 @@ class ClassCollapse(Detector):
     ``logits``, outputs that rank the labels no better than chance. On skewed labels a
     sound model's argmax sits on the majority class (6% positives, an uncertain posterior
     below 0.5): that is a decision threshold, not a collapse, while its outputs still
-    rank the minority class. An evaluation does not count when the
+    rank the minority class. Nor is it a collapse when, with ``logits``, the outputs
+    order the labels with macro AUC at least ``max_auc``: they depend on the input, and
+    only a bias holds the argmax on one class (a transformer's plateau, where logits differ
+    by 1e-4 yet rank every pair right). An evaluation does not count when the
     model shows it is still learning: validation loss at a new low by ``progress``
     (relative), outputs ranking the labels better than before (with ``logits``: macro AUC
     up by ``progress``), or prediction entropy up by ``recovering`` x (a slow learner
@@ -532,6 +535,7 @@ class ClassCollapse(Detector):
     grace_epochs: int = 0
     recovering: float = 1.1
     progress: float = 0.02
+    max_auc: float = 0.9
     _strikes: int = field(default=0, init=False, repr=False)
     _last_entropy: float | None = field(default=None, init=False, repr=False)
 
@@ -555,7 +559,10 @@ class ClassCollapse(Detector):
         self._last_entropy = h_p
         missed = 0.5 * float((p / p.sum() - t / t.sum()).abs().sum())
         ranks = e.evidence is not None and e.evidence.informative
-        if h_t <= 0 or h_p >= self.min_entropy_ratio * h_t or spreading or e.learning(self.progress) or (
+        # outputs that order the labels this well depend on the input: what concentrates the
+        # argmax is a bias (a plateau's near-equal logits, a decision threshold), not a collapse
+        separates = e.evidence is not None and e.evidence.auc >= self.max_auc
+        if h_t <= 0 or h_p >= self.min_entropy_ratio * h_t or spreading or separates or e.learning(self.progress) or (
                 missed < self.min_missed and (ranks or e.evidence is None)):
             self._strikes = 0
             return None
