@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--out", type=Path, help="folder for checkpoints and metrics (default: CONFIG.run/)")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    train.add_argument("--from-checkpoint", nargs="?", const="", metavar="PATH",
+                       help="start from the trial's kept weights (the config's `checkpoint`) or from PATH")
 
     dash = sub.add_parser("dashboard", help="browse the study with optuna-dashboard")
     _study_args(dash)

@@ -12,7 +12,7 @@ import optuna
 from .errors import SweepFailed, UserError
 from .export import best_trials, export_best
 from .report import write_results
-from .run_config import load_training_config, train_config
+from .run_config import load_training_config, start_weights, train_config
 from .spec import StudySpec, load_spec, parse_overrides
 from .storage import check_storage, open_storage
 from .sweep import Sweep, SweepOutcome, results_dir, state_counts
@@ -101,6 +101,8 @@ def _exit_code(outcome: SweepOutcome, resume_argv: str, *, what: str, see: str) 
         return _interrupted(resume_argv)
     if outcome.stopped:
         raise SweepFailed(f"{what} stopped: {outcome.stopped}; see the trial lines above and {see}")
+    if outcome.ended_by:
+        print(f"{what} ended before its budget: {outcome.ended_by}")
     return 0
 
 
@@ -180,8 +182,9 @@ def cmd_ablate(args: argparse.Namespace, *, resume_argv: str) -> int:
 
 def cmd_train(args: argparse.Namespace, *, resume_argv: str) -> int:
     tc = load_training_config(args.config, args.overrides)
+    init_from = start_weights(tc, args.from_checkpoint)
     try:
-        train_config(tc, out_dir=args.out, device=args.device)
+        train_config(tc, out_dir=args.out, device=args.device, init_from=init_from)
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint is kept; resume with: {resume_argv}", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,8 +37,11 @@ def best_trials(study: optuna.Study, direction: str, k: int = 1) -> list[FrozenT
     return done[:k]
 
 
-def training_config(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, storage: str) -> dict[str, Any]:
-    """The document ``sweeper train`` reads: task, full config, provenance (and the filled command)."""
+def training_config(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, storage: str,
+                    folder: Path | None = None) -> dict[str, Any]:
+    """The document ``sweeper train`` reads: task, full config, provenance (and the filled command);
+    ``checkpoint``, the trial's kept weights relative to ``folder`` (where the document goes),
+    when they are on this machine."""
     doc: dict[str, Any] = {
         "task": spec.task,
         "metric": spec.metric,
@@ -56,6 +60,9 @@ def training_config(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, st
     if spec.command is not None:  # a command task: the template, and the command line of this config
         doc["task_command"] = spec.command
         doc["workdir"] = str(spec.path.parent.resolve())  # where the command runs, from any folder
+    kept = trial.user_attrs.get("checkpoint")
+    if kept and Path(kept).is_file():
+        doc["checkpoint"] = os.path.relpath(Path(kept).resolve(), (folder or Path.cwd()).resolve())
     template = spec.export.command or spec.command
     if template:
         doc["command"] = fill_command(template, doc["config"])
@@ -68,7 +75,7 @@ def export_best(spec: StudySpec, study: optuna.Study, folder: Path, storage: str
     if not trials:
         raise UserError(f"study {study.study_name!r} has no completed trial to export yet")
     folder.mkdir(parents=True, exist_ok=True)
-    best = training_config(spec, study, trials[0], storage)
+    best = training_config(spec, study, trials[0], storage, folder)
     paths = [_write(folder / "best.yaml", best)]
     if "command" in best:
         (folder / "best.command").write_text(best["command"] + "\n")
@@ -76,13 +83,16 @@ def export_best(spec: StudySpec, study: optuna.Study, folder: Path, storage: str
     if top > 1:
         (folder / "top").mkdir(exist_ok=True)
         for rank, t in enumerate(trials, 1):
-            paths.append(_write(folder / "top" / f"{rank}.yaml", training_config(spec, study, t, storage)))
+            doc = training_config(spec, study, t, storage, folder / "top")
+            paths.append(_write(folder / "top" / f"{rank}.yaml", doc))
     return paths
 
 
 def _write(path: Path, doc: Mapping[str, Any]) -> Path:
     header = (f"# Training config exported from study {doc['provenance']['study']}, "
               f"trial {doc['provenance']['trial']} ({doc['metric']}={doc['provenance']['value']:.4g}).\n"
-              f"# Run it with: sweeper train {path}\n")
+              f"# Run it with: sweeper train {path}\n"
+              + (f"# Start from the trial's kept weights: sweeper train {path} --from-checkpoint\n"
+                 if "checkpoint" in doc else ""))
     path.write_text(header + yaml.safe_dump(dict(doc), sort_keys=False))
     return path

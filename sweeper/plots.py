@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -45,7 +46,11 @@ def write_plots(study: optuna.Study, spec: StudySpec, frame: pd.DataFrame, folde
              _learning_curves(study, frame, spec, palette, folder / "learning_curves.png")]
     if "lr" in spec.params:
         paths.append(_metric_vs(frame, spec, palette, "lr", folder / "metric_vs_lr.png"))
-    from .report import importances
+    from .report import history_metrics, importances
+
+    for name in history_metrics(study.get_trials(deepcopy=False), exclude=[spec.metric]):
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        paths.append(_learning_curves(study, frame, spec, palette, folder / f"learning_curves_{safe}.png", name))
 
     imp = importances(study)
     if not isinstance(imp, str):
@@ -98,25 +103,33 @@ def _history(frame: pd.DataFrame, spec: StudySpec, palette: dict[str, str], path
     return _finish(fig, path)
 
 
+def _curve(t: optuna.trial.FrozenTrial, metric: str | None) -> list[tuple[float, float]]:
+    """The study's metric per epoch (``metric`` None: the intermediate values), else one of the
+    trial's other metrics from its per-epoch ``history``."""
+    if metric is None:
+        return [(float(e), float(v)) for e, v in sorted(t.intermediate_values.items())]
+    return [(float(r["epoch"]), float(r[metric])) for r in t.user_attrs.get("history") or () if metric in r]
+
+
 def _learning_curves(study: optuna.Study, frame: pd.DataFrame, spec: StudySpec, palette: dict[str, str],
-                     path: Path) -> Path:
+                     path: Path, metric: str | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     by_number = dict(zip(frame["number"], frame["outcome"], strict=True)) if len(frame) else {}
     segments: dict[str, list[list[tuple[float, float]]]] = {}
     curved: set[int] = set()
     for t in study.get_trials(deepcopy=False):
-        if len(t.intermediate_values) and t.number in by_number:
+        points = _curve(t, metric) if t.number in by_number else []
+        if points:
             curved.add(t.number)
-            points = sorted(t.intermediate_values.items())
-            segments.setdefault(by_number[t.number], []).append([(float(e), float(v)) for e, v in points])
+            segments.setdefault(by_number[t.number], []).append(points)
     # complete first, so the sick curves are drawn on top
     for name in sorted(segments, key=lambda n: (n != "complete", n)):
         ax.add_collection(LineCollection(segments[name], colors=palette[name], linewidths=1.0,
                                          alpha=0.35 if name == "complete" else 0.8))
     ax.autoscale()
     ax.set_xlabel("epoch")
-    ax.set_ylabel(spec.metric)
-    ax.set_title(f"Learning curves by outcome: {spec.name}")
+    ax.set_ylabel(metric or spec.metric)
+    ax.set_title(f"Learning curves by outcome: {spec.name}" + (f" ({metric})" if metric else ""))
     _legend(ax, palette, set(segments))
     early = frame[frame["number"].map(lambda n: n not in curved) & (frame["state"] == TrialState.PRUNED.name)]
     if len(early):

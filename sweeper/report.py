@@ -19,8 +19,31 @@ HEALTH_ATTRS = ("health.reason", "health.detail", "health.step")
 MAX_INT_LEVELS = 8  # an int parameter with at most this many values gets a row per value
 
 
-def trials_frame(trials: Sequence[FrozenTrial], param_names: Sequence[str]) -> pd.DataFrame:
-    """One row per trial: number, state, value, every param, health, epochs run and budgeted, seconds."""
+def history_metrics(trials: Sequence[FrozenTrial], exclude: Sequence[str] = ()) -> list[str]:
+    """Every metric name the trials reported per epoch (``history``), in first-seen order."""
+    names: dict[str, None] = {}
+    for t in trials:
+        for row in t.user_attrs.get("history") or ():
+            names.update((k, None) for k in row if k != "epoch" and k not in exclude)
+    return list(names)
+
+
+def at_value_epoch(t: FrozenTrial) -> dict[str, float]:
+    """A trial's metrics at the epoch its value comes from: its best epoch when it completed,
+    else the last one it reported."""
+    history = t.user_attrs.get("history") or []
+    if not history:
+        return {}
+    best = t.user_attrs.get("best_epoch")
+    row = next((r for r in history if best is not None and r.get("epoch") == best), history[-1])
+    return {k: v for k, v in row.items() if k != "epoch"}
+
+
+def trials_frame(trials: Sequence[FrozenTrial], param_names: Sequence[str], metric: str | None = None) -> pd.DataFrame:
+    """One row per trial: number, state, value, every param, health, epochs run and budgeted, seconds,
+    then every other metric the trials reported (``NAME@best``: at the epoch the value comes from;
+    ``metric``, the study's own, is the value and gets no column)."""
+    extra = history_metrics(trials, exclude=[metric] if metric else [])
     rows = []
     for t in trials:
         config = t.user_attrs.get("config", {})
@@ -37,10 +60,21 @@ def trials_frame(trials: Sequence[FrozenTrial], param_names: Sequence[str]) -> p
         )
         row["error"] = t.user_attrs.get("error")
         row["retry_of"] = t.system_attrs.get("failed_trial")
+        at = at_value_epoch(t)
+        for name in extra:
+            row[f"{name}@best"] = at.get(name)
         rows.append(row)
     columns = ["number", "state", "value", *param_names, *HEALTH_ATTRS, "epochs_run", "epochs", "seconds", "error",
-               "retry_of"]
+               "retry_of", *(f"{name}@best" for name in extra)]
     return pd.DataFrame(rows, columns=columns)
+
+
+def curves_frame(trials: Sequence[FrozenTrial]) -> pd.DataFrame:
+    """Every reported epoch of every trial: number, state, epoch, then one column per metric."""
+    names = history_metrics(trials)
+    rows = [{"number": t.number, "state": t.state.name, **row} for t in trials
+            for row in t.user_attrs.get("history") or ()]
+    return pd.DataFrame(rows, columns=["number", "state", "epoch", *names])
 
 
 def md_table(frame: pd.DataFrame) -> str:
@@ -150,7 +184,8 @@ def compute_spent(frame: pd.DataFrame) -> tuple[float, int, int]:
 def summary_markdown(study: optuna.Study, spec: StudySpec, *, top: int = 10,
                      frame: pd.DataFrame | None = None) -> str:
     """The study summary: header, top trials, a table per factor, pruning reasons, importance."""
-    frame = trials_frame(study.get_trials(deepcopy=False), list(spec.params)) if frame is None else frame
+    frame = (trials_frame(study.get_trials(deepcopy=False), list(spec.params), spec.metric) if frame is None
+             else frame)
     by_state = frame["state"].value_counts().to_dict() if len(frame) else {}
     seconds, epochs_run, saved = compute_spent(frame)
     lines = [
@@ -196,12 +231,15 @@ def summary_markdown(study: optuna.Study, spec: StudySpec, *, top: int = 10,
 def write_results(study: optuna.Study, spec: StudySpec, folder: Path, *, plots: bool = True) -> list[Path]:
     """Write ``trials.csv``, ``summary.md`` and (with ``plots``) ``plots/*.png``; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    frame = trials_frame(study.get_trials(deepcopy=False), list(spec.params))
+    trials = study.get_trials(deepcopy=False)
+    frame = trials_frame(trials, list(spec.params), spec.metric)
     csv_path = folder / "trials.csv"
     frame.to_csv(csv_path, index=False)
+    curves_path = folder / "curves.csv"
+    curves_frame(trials).to_csv(curves_path, index=False)
     md_path = folder / "summary.md"
     md_path.write_text(summary_markdown(study, spec, frame=frame))
-    paths = [csv_path, md_path]
+    paths = [csv_path, curves_path, md_path]
     if plots:
         from .plots import write_plots
 

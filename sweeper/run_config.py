@@ -31,6 +31,7 @@ class TrainingConfig:
     provenance: dict[str, Any] | None = None
     task_command: str | None = None  # a command task's template, and the folder it runs in
     workdir: str | None = None
+    checkpoint: Path | None = None  # the trial's kept weights (``checkpoint:``, relative to the file)
 
     def command_task(self) -> CommandTask | None:
         """The command this config runs (None unless it came from a `task: {command: ...}` study)."""
@@ -86,7 +87,7 @@ def load_training_config(path: str | Path, overrides: list[str] | None = None) -
         config[key] = value
     if error := task.config_error(config):
         raise UserError(f"{p}: {error}" + (f" (with --set {' '.join(overrides)})" if overrides else ""))
-    return TrainingConfig(path=p, task=task_name, config=config)
+    return TrainingConfig(path=p, task=task_name, config=config, checkpoint=_checkpoint(p, doc))
 
 
 def _function_config(p: Path, doc: Mapping[str, Any], overrides: list[str]) -> TrainingConfig:
@@ -102,7 +103,8 @@ def _function_config(p: Path, doc: Mapping[str, Any], overrides: list[str]) -> T
         raise UserError(f"{p}: a config for task {doc['task']} needs `metric` and `direction` (minimize or maximize)")
     tc = TrainingConfig(path=p, task=str(doc["task"]), config=config, metric=metric, direction=direction,
                         provenance=doc.get("provenance") if isinstance(doc.get("provenance"), dict) else None,
-                        task_command=doc.get("task_command"), workdir=doc.get("workdir"))
+                        task_command=doc.get("task_command"), workdir=doc.get("workdir"),
+                        checkpoint=_checkpoint(p, doc))
     if tc.task == "command":
         if not isinstance(tc.task_command, str):
             raise UserError(f"{p}: a config for a command task needs `task_command` (as `sweeper export` writes it)")
@@ -111,6 +113,32 @@ def _function_config(p: Path, doc: Mapping[str, Any], overrides: list[str]) -> T
     assert fn_task is not None
     import_function(fn_task.name, fn_task.search)  # refused here, before a run folder is made
     return tc
+
+
+def _checkpoint(p: Path, doc: Mapping[str, Any]) -> Path | None:
+    value = doc.get("checkpoint")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{p}: `checkpoint` must be the path of a best.pt, got {show_value(value)}")
+    return p.parent / value
+
+
+def start_weights(tc: TrainingConfig, given: str | None) -> Path | None:
+    """The weights ``sweeper train --from-checkpoint [PATH]`` starts from: PATH, or the kept
+    checkpoint the config names (``given`` is ``""`` for the bare flag, None without it)."""
+    if given is None:
+        return None
+    if given:
+        path = Path(given)
+    elif tc.checkpoint is not None:
+        path = tc.checkpoint
+    else:
+        raise UserError(f"--from-checkpoint: {tc.path} names no checkpoint (the study kept none for its trial: "
+                        "`checkpoints.keep` 0, or a worker on another machine ran it); pass --from-checkpoint PATH")
+    if not path.is_file():
+        raise UserError(f"--from-checkpoint: {path} does not exist")
+    return path
 
 
 class CSVReporter:
@@ -133,27 +161,33 @@ class CSVReporter:
 
 
 def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO | None = None,
-                 device: str = "auto") -> FitResult:
+                 device: str = "auto", init_from: Path | None = None) -> FitResult:
     """Train ``tc`` with checkpoints and a metrics CSV in ``out_dir`` (default: beside the
-    config, ``<stem>.run/``); a second call resumes from the last checkpoint."""
+    config, ``<stem>.run/``); a second call resumes from the last checkpoint. ``init_from``:
+    start from those weights (a trial's ``best.pt``) instead of a fresh initialisation."""
     out = out or sys.stdout
     folder = out_dir or tc.path.with_suffix(".run")
     _check_same_config(folder, tc.config)
     reporter = CSVReporter(folder / "metrics.csv", out)
     cmd_task = tc.command_task()
     if cmd_task is not None:  # the user's script in its own process; its output goes to the terminal
-        result = cmd_task.train(tc.config, reporter)
+        result = cmd_task.train(tc.config, reporter, init_from=init_from)
         print(f"done: the command reported {cmd_task.metric}={result.last:.4f} after {result.epochs_run} epochs; "
               f"metrics in {folder}/metrics.csv", file=out)
         return result
     fn_task = tc.function_task()
     if fn_task is not None:  # the user's function: its own loop, no study, nothing prunes
-        result = fn_task.train(tc.config, reporter, device=device)
+        result = fn_task.train(tc.config, reporter, device=device, init_from=init_from)
         print(f"done: {fn_task.name} returned {fn_task.metric}={result.best:.4f} after {result.epochs_run} "
               f"reported epochs; metrics in {folder}/metrics.csv", file=out)
         return result
     task = get_task(tc.task)
-    result = fit(tc.config, task, reporter, checkpoint_dir=folder, device=device)
+    try:
+        result = fit(tc.config, task, reporter, checkpoint_dir=folder, device=device, init_from=init_from)
+    except ValueError as e:
+        if init_from is not None and str(init_from) in str(e):
+            raise UserError(f"--from-checkpoint: {e}") from None
+        raise
     print(f"done: best {task.metric}={result.best:.4f} at epoch {result.best_epoch}, "
           f"last {task.metric}={result.last:.4f}; checkpoints in {folder}", file=out)
     return result

@@ -148,6 +148,38 @@ class ExportSpec:
 
 
 @dataclass(frozen=True)
+class TrackersSpec:
+    """The ``trackers:`` section: where each trial's per-epoch metrics go besides the study.
+
+    ``tensorboard``: event files per trial under ``results/NAME/tb/`` (``auto``: when the
+    tensorboard package is installed). ``mlflow``: one MLflow run per trial, at
+    ``mlflow_uri`` in experiment ``mlflow_experiment`` (default: the study's name).
+    """
+
+    tensorboard: bool | str = "auto"
+    mlflow: bool = False
+    mlflow_uri: str | None = None
+    mlflow_experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class CallbackSpec:
+    """An Optuna callback the study file names: ``module:attr``, called with ``args`` when given
+    (a class or a factory), else used as it is (a class is instantiated without arguments)."""
+
+    ref: str
+    args: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """The ``checkpoints:`` section: the weights of the ``keep`` best completed trials are kept
+    under ``results/NAME/checkpoints/trial-N/`` (0: none)."""
+
+    keep: int = 1
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study file."""
 
@@ -170,6 +202,9 @@ class StudySpec:
     types: Mapping[str, KeyType] | None = None  # a function or command task's keys, as the file declares them
     command: str | None = None  # `task: {command: ...}`: the command line template (then task == "command")
     command_grace: float = 10.0  # seconds between SIGTERM and SIGKILL when a command's trial is stopped
+    trackers: TrackersSpec = field(default_factory=TrackersSpec)
+    callbacks: tuple[CallbackSpec, ...] = ()
+    checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
 
     def key_types(self) -> Mapping[str, KeyType]:
         return self.types if self.types is not None else get_task(self.task).key_types
@@ -216,7 +251,8 @@ PRUNER_OPTIONS: dict[str, dict[str, tuple[str, Any, str]]] = {
 REQUIRED_PRUNER_OPTIONS = {"percentile": ("percentile",)}
 
 TOP_KEYS = ("name", "description", "task", "metric", "direction", "budget", "sampler", "pruner",
-            "heartbeat", "health", "ablation", "export", "storage", "fixed", "params")
+            "heartbeat", "health", "ablation", "export", "storage", "fixed", "params", "trackers", "callbacks",
+            "checkpoints")
 
 
 # ---------------------------------------------------------------- loading
@@ -341,6 +377,10 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
     ablation = _parse_ablation(v, doc.get("ablation", {}), types, fixed, params)
     export = _parse_export(v, doc.get("export", {}), types, task_name)
 
+    trackers = _parse_trackers(v, doc.get("trackers", {}))
+    callbacks = _parse_callbacks(v, doc.get("callbacks", []))
+    checkpoints = _parse_checkpoints(v, doc.get("checkpoints", {}))
+
     description = doc.get("description", "")
     if not isinstance(description, str):
         v.fail("description", description, "a string")
@@ -349,6 +389,7 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
         pruner=pruner, heartbeat=heartbeat, health=health, ablation=ablation, export=export, storage=storage,
         fixed=fixed, params=params, path=path, description=description,
         types=types if function_task else None, command=command, command_grace=float(grace),
+        trackers=trackers, callbacks=callbacks, checkpoints=checkpoints,
     )
 
 
@@ -513,6 +554,85 @@ def _parse_export(v: _Validator, raw: Any, types: Mapping[str, KeyType], task: s
             raise UserError(f"{v.path}: `export.command` uses {{{name}}}, which is not a key of task "
                             f"{task}{_did_you_mean(name, types)}; known: {', '.join(sorted(types))}")
     return ExportSpec(command=command)
+
+
+def _parse_trackers(v: _Validator, raw: Any) -> TrackersSpec:
+    import importlib.util
+
+    doc = v.mapping(raw, "trackers")
+    v.known_keys(doc, ("tensorboard", "mlflow"), "trackers.")
+    tb = doc.get("tensorboard", "auto")
+    if tb != "auto" and not isinstance(tb, bool):
+        v.fail("trackers.tensorboard", tb, "true, false or auto (when the tensorboard package is installed)")
+    if tb is True and importlib.util.find_spec("tensorboard") is None:
+        raise UserError(f"{v.path}: `trackers.tensorboard` is true but the tensorboard package is not installed "
+                        "(pip install 'sweeper[tensorboard]'), or set it to auto or false")
+    ml = doc.get("mlflow", False)
+    uri = experiment = None
+    if isinstance(ml, dict):
+        v.known_keys(ml, ("tracking_uri", "experiment"), "trackers.mlflow.")
+        uri, experiment = ml.get("tracking_uri"), ml.get("experiment")
+        for key, value in (("tracking_uri", uri), ("experiment", experiment)):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                v.fail(f"trackers.mlflow.{key}", value, "a non-empty string")
+        ml = True
+    elif not isinstance(ml, bool):
+        v.fail("trackers.mlflow", ml, "true, false or a mapping with tracking_uri and experiment")
+    if ml and importlib.util.find_spec("mlflow") is None:
+        raise UserError(f"{v.path}: `trackers.mlflow` is on but the mlflow package is not installed "
+                        "(pip install 'sweeper[mlflow]')")
+    return TrackersSpec(tensorboard=tb, mlflow=ml, mlflow_uri=uri, mlflow_experiment=experiment)
+
+
+def _parse_callbacks(v: _Validator, raw: Any) -> tuple[CallbackSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        v.fail("callbacks", raw, "a list of module:attr names (or mappings with ref and args)")
+    out = []
+    for i, item in enumerate(raw):
+        key = f"callbacks[{i}]"
+        ref, args = item, None
+        if isinstance(item, dict):
+            v.known_keys(item, ("ref", "args"), f"{key}.")
+            ref, args = v.require(item, "ref", f"{key}."), item.get("args")
+            if args is not None and not isinstance(args, dict):
+                v.fail(f"{key}.args", args, "a mapping of keyword arguments")
+        if not is_function_ref(ref):
+            v.fail(key, ref, "module:attr, e.g. optuna.study:MaxTrialsCallback")
+        spec = CallbackSpec(ref=ref, args=args)
+        try:
+            make_callback(spec, [v.path.parent, Path.cwd()])
+        except UserError as e:
+            raise UserError(f"{v.path}: `{key}`: {e}") from None
+        out.append(spec)
+    return tuple(out)
+
+
+def make_callback(spec: CallbackSpec, search: list[Path]) -> Any:
+    """The Optuna callback ``spec`` names, ready to pass to ``study.optimize(callbacks=...)``."""
+    target = import_function(spec.ref, search, what="callback")
+    try:
+        if spec.args is not None:
+            made = target(**spec.args)
+        elif isinstance(target, type):
+            made = target()
+        else:
+            made = target
+    except Exception as e:  # the user's constructor refused its arguments
+        raise UserError(f"{spec.ref}({', '.join(f'{k}={a!r}' for k, a in (spec.args or {}).items())}) failed: "
+                        f"{type(e).__name__}: {e}") from None
+    if not callable(made):
+        raise UserError(f"{spec.ref} gave a {type(made).__name__}, not a callable taking (study, trial)")
+    return made
+
+
+def _parse_checkpoints(v: _Validator, raw: Any) -> CheckpointSpec:
+    doc = v.mapping(raw, "checkpoints")
+    v.known_keys(doc, ("keep",), "checkpoints.")
+    keep = doc.get("keep", 1)
+    v.integer(keep, "checkpoints.keep", minimum=0)
+    return CheckpointSpec(keep=keep)
 
 
 def _parse_param(v: _Validator, key: str, raw: Any, ktype: KeyType) -> ParamSpec:

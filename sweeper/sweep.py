@@ -7,6 +7,7 @@ import gc
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -24,18 +25,20 @@ from .budget_lock import BudgetLock
 from .errors import SweepFailed, UserError
 from .health import HealthMonitor, HealthPruned, diagnose
 from .integrations import CommandTask, FunctionTask, load_task
+from .integrations.trackers import MLflowTracker, TensorBoardTracker, Trackers, tensorboard_available
 from .pruning import GuardedHyperband, ProgressPruner, WarmupGuard
 from .sampling import FeasibleTPESampler
 from .space import trial_config
-from .spec import StudySpec, grid_error, grid_space
+from .spec import StudySpec, grid_error, grid_space, make_callback
 from .storage import check_writable, open_storage, sqlite_path
 from .tasks.base import EvalResult, format_value, show_value
 from .train import fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-INHERITED_ATTRS = ("error", "health.reason", "health.detail", "health.step", "epochs_run")
+INHERITED_ATTRS = ("error", "health.reason", "health.detail", "health.step", "epochs_run", "history", "checkpoint")
 FAILURE_LIMIT_MIN_TRIALS = 5  # the failure-rate stop looks at no fewer trials than this
 WAIT_POLL = 0.5  # seconds between looks at the study while the rest of the budget is in flight
+CHECKPOINT_FILE = "best.pt"  # a trial's best weights, in its checkpoint folder
 OOM = "oom"  # health.reason of a trial that ran out of accelerator memory
 
 
@@ -88,13 +91,17 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 class TrialReporter:
-    """Reports each epoch's metric to the trial and prunes when the pruner says so."""
+    """Reports each epoch's metric to the trial and prunes when the pruner says so. Every
+    metric of the epoch is kept on the trial (user attribute ``history``, one dict per
+    epoch) and passed to the study's trackers."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, pruner_name: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, pruner_name: str, trackers: Trackers | None = None) -> None:
         self.trial = trial
         self.metric = metric
         self.pruner_name = pruner_name
+        self.trackers = trackers
         self.epochs = 0
+        self.history: list[dict[str, float]] = []
 
     def report(self, epoch: int, result: EvalResult) -> None:
         with INTERRUPT.shielded():  # storage writes: a signal waits until they are done
@@ -105,6 +112,11 @@ class TrialReporter:
             raise KeyError(f"metric {self.metric!r} not reported; the task reports: {', '.join(result.metrics)}")
         value = result.metrics[self.metric]
         self.epochs = epoch + 1
+        metrics = {k: float(v) for k, v in result.metrics.items()}
+        self.history.append({"epoch": epoch, **metrics})
+        self.trial.set_user_attr("history", self.history)
+        if self.trackers is not None:
+            self.trackers.epoch(epoch, metrics)
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             detail = (f"the {self.pruner_name} pruner stopped it after epoch {epoch} "
@@ -124,6 +136,7 @@ class SweepOutcome:
     ran: int = 0
     interrupted: bool = False
     stopped: str | None = None
+    ended_by: str | None = None  # a callback ended the study before its budget (not a failure)
     diagnosis: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -238,20 +251,37 @@ class Sweep:
         trial.set_user_attr("worker", worker_id())
         if os.environ.get("CUDA_VISIBLE_DEVICES"):
             trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
-        reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type)
+        trackers = self.trackers()
+        trackers.start(trial.number, config)
+        reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type, trackers)
+        state, value = "FAIL", None
+        try:
+            value = self._train(trial, config, reporter)
+            state = "COMPLETE"
+            return value
+        except optuna.TrialPruned:  # HealthPruned is one
+            state = "PRUNED"
+            raise
+        finally:
+            with contextlib.suppress(Exception):  # the trial's outcome must be recorded whatever a tracker does
+                trackers.end(state, value, trial.user_attrs)
+
+    def _train(self, trial: optuna.Trial, config: dict[str, Any], reporter: TrialReporter) -> float:
         monitor = self.monitor(config)
         out_of_memory: str | None = None
+        keep = self.checkpoint_dir(trial.number)
         try:
             with INTERRUPT.training():
                 if isinstance(self.task, CommandTask):  # health checks run inside the script
                     log = self.results / "logs" / f"trial-{trial.number}.log"
                     log.parent.mkdir(parents=True, exist_ok=True)
                     trial.set_user_attr("log", str(log))
-                    result = self.task.train(config, reporter, health=self.health_options(config), log_path=log)
+                    result = self.task.train(config, reporter, health=self.health_options(config), log_path=log,
+                                             checkpoint_dir=keep)
                 elif isinstance(self.task, FunctionTask):
-                    result = self.task.train(config, reporter, monitor=monitor)
+                    result = self.task.train(config, reporter, monitor=monitor, checkpoint_dir=keep)
                 else:
-                    result = fit(config, self.task, reporter, monitor=monitor)
+                    result = fit(config, self.task, reporter, monitor=monitor, best_dir=keep)
         except HealthPruned as e:
             v = e.verdict
             trial.set_user_attr("health.reason", v.reason.value)
@@ -284,7 +314,41 @@ class Sweep:
         trial.set_user_attr("best_epoch", result.best_epoch)
         if math.isnan(result.best):
             raise ValueError(f"the run ended with {self.spec.metric}=nan")
+        if keep is not None and (keep / CHECKPOINT_FILE).is_file():
+            trial.set_user_attr("checkpoint", str(keep / CHECKPOINT_FILE))
         return result.best
+
+    def checkpoint_dir(self, number: int) -> Path | None:
+        """Where trial ``number`` keeps its best weights (None when the study keeps none)."""
+        if self.spec.checkpoints.keep < 1:
+            return None
+        return self.results / "checkpoints" / f"trial-{number}"
+
+    def trackers(self) -> Trackers:
+        """A fresh set of the study's trackers for one trial."""
+        t = self.spec.trackers
+        out: list[Any] = []
+        if t.tensorboard is True or (t.tensorboard == "auto" and tensorboard_available()):
+            out.append(TensorBoardTracker(self.results / "tb", self.spec.metric))
+        if t.mlflow:
+            uri = t.mlflow_uri or f"sqlite:///{(self.results / 'mlflow.db').resolve()}"
+            out.append(MLflowTracker(uri, t.mlflow_experiment or self.study_name, self.study_name))
+        return Trackers(out, warn=lambda msg: print(f"sweeper: warning: {msg}", file=sys.stderr))
+
+    def prune_checkpoints(self, study: optuna.Study) -> None:
+        """Keep the checkpoints of the ``checkpoints.keep`` best completed trials; remove the
+        rest (pruned, failed, outranked). Every worker does this after each of its trials:
+        removing what is already gone is harmless, so workers need not agree on who removes."""
+        folder = self.results / "checkpoints"
+        if self.spec.checkpoints.keep < 1 or not folder.is_dir():
+            return
+        from .export import best_trials
+
+        kept = {f"trial-{t.number}" for t in best_trials(study, self.spec.direction, self.spec.checkpoints.keep)}
+        running = {f"trial-{t.number}" for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        for d in folder.iterdir():
+            if d.is_dir() and d.name.startswith("trial-") and d.name not in kept | running:
+                shutil.rmtree(d, ignore_errors=True)
 
     def trial_config(self, trial: optuna.Trial) -> dict[str, Any]:
         """The config a trial trains: sampled from the space, with the ``--set`` overrides."""
@@ -329,6 +393,7 @@ class Sweep:
         def on_trial(study: optuna.Study, t: FrozenTrial) -> None:
             nonlocal diagnosing, noted
             outcome.ran += 1
+            self.prune_checkpoints(study)
             if t.state == TrialState.FAIL:
                 failed.append(t)
             if t.state in FINISHED:
@@ -347,6 +412,8 @@ class Sweep:
                     noted = True
                     bar.write(f"note: {found.message}", file=self.out or sys.stdout)
 
+        search = [self.spec.path.parent, Path.cwd()]
+        user_callbacks = [_UserCallback(c.ref, make_callback(c, search)) for c in self.spec.callbacks]
         main_thread = _is_main_thread()  # signal handlers can only be set from the main thread
         previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
         INTERRUPT.reset()
@@ -380,9 +447,13 @@ class Sweep:
                     if not in_flight:
                         self.before_trial(study)
                         n_failed = len(failed)
-                        study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[on_trial])
+                        study.optimize(self.objective, n_trials=1, catch=(Exception,),
+                                       callbacks=[on_trial, *user_callbacks])
                         if len(failed) > n_failed:
                             release_accelerator_memory()
+                        if getattr(study, "_stop_flag", False):  # a callback called study.stop()
+                            outcome.ended_by = "a callback called study.stop()"
+                            break
                 finally:
                     self._lock.release()
                 if in_flight:
@@ -414,6 +485,22 @@ class Sweep:
             t = storage.get_trial(t._trial_id)
         if t.state == TrialState.FAIL and t.user_attrs.get("error") == "interrupted":
             retry(study, t)
+
+
+class _UserCallback:
+    """An Optuna callback from the study file; if it raises, the sweep stops with one line
+    naming it (the trial it was called for is already recorded)."""
+
+    def __init__(self, ref: str, fn: Callable[[optuna.Study, FrozenTrial], None]) -> None:
+        self.ref = ref
+        self.fn = fn
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        try:
+            self.fn(study, trial)
+        except Exception as e:
+            raise SweepFailed(f"callback {self.ref} raised after trial {trial.number}: "
+                              f"{type(e).__name__}: {_first_line(e)}") from None
 
 
 def _existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:

@@ -99,6 +99,8 @@ def fit(
     monitor: Monitor | None = None,
     checkpoint_dir: Path | None = None,
     device: str = "auto",
+    best_dir: Path | None = None,
+    init_from: Path | None = None,
 ) -> FitResult:
     """Train ``task`` with ``config`` and return the best validation metric.
 
@@ -110,13 +112,17 @@ def fit(
     monitor; evaluation every epoch, reported to ``reporter`` (which may prune);
     early stop after ``patience`` epochs without improvement (``None`` = off).
     With ``checkpoint_dir`` it writes ``last.pt`` and ``best.pt`` (each holding
-    the config) every epoch and resumes from ``last.pt`` when one is there.
+    the config) every epoch and resumes from ``last.pt`` when one is there; with
+    ``best_dir`` (a sweep trial) only ``best.pt``, the weights of the best epoch.
+    ``init_from`` starts the model from a ``best.pt`` (a kept trial's weights).
     """
     started = time.perf_counter()
     seed_everything(int(config["seed"]))
     dev = resolve_device(device)
     run = task.setup(config, dev)
     model = run.model
+    if init_from is not None:
+        load_weights(model, init_from, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
     epochs = int(config["epochs"])
@@ -193,6 +199,8 @@ def fit(
         if checkpoint_dir is not None:
             _save_checkpoint(checkpoint_dir, config, model, optimizer, scheduler, plateau, run, epoch,
                              history, best, best_epoch, improved)
+        elif best_dir is not None and improved:
+            save_weights(best_dir / "best.pt", model, config, epoch, best)
         if monitor is not None:
             monitor.after_eval(epoch, result.metrics, result.outputs)
         if reporter is not None:
@@ -226,6 +234,26 @@ def _save_checkpoint(
     torch.save(state, tmp)
     tmp.replace(folder / "last.pt")
     if improved:
-        torch.save({"config": dict(config), "epoch": epoch, "model": model.state_dict(), "metric": best},
-                   folder / "best.tmp")
-        (folder / "best.tmp").replace(folder / "best.pt")
+        save_weights(folder / "best.pt", model, config, epoch, best)
+
+
+def save_weights(path: Path, model: torch.nn.Module, config: Mapping[str, Any], epoch: int, metric: float) -> None:
+    """``best.pt``: the model's weights with the config, epoch and metric they reached;
+    written then renamed, so a kill mid-write leaves the previous file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"config": dict(config), "epoch": epoch, "model": model.state_dict(), "metric": metric}, tmp)
+    tmp.replace(path)
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load the weights of a ``best.pt`` (or a bare state dict) into ``model``; returns the file's
+    contents. Raises ``ValueError`` naming the file when its weights do not fit the model."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    weights = state["model"] if isinstance(state, dict) and "model" in state else state
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{path} does not fit this model ({first})") from None
+    return state if isinstance(state, dict) else {"model": weights}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from .conftest import REPO, run_cli, tree
@@ -132,3 +133,36 @@ def test_a_bad_command_task_is_one_line_and_exit_2(project: Path, edit: tuple[st
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and match in proc.stderr, proc.stderr
     assert tree(project) == before
+
+
+KEEPING = '''\
+import torch
+from sweeper import current_run
+
+run = current_run()
+model = torch.nn.Linear(2, 1, bias=False)
+torch.nn.init.zeros_(model.weight)
+run.keep_best(model)  # under `sweeper train --from-checkpoint`: the kept weights are loaded here
+print(f"start weight {model.weight.sum().item():g}", flush=True)
+for epoch in range(3):
+    with torch.no_grad():
+        model.weight += 1.0
+    run.report(epoch, {"accuracy": [0.5, 0.9, 0.7][epoch]})
+'''
+
+
+@pytest.mark.slow  # three CLI processes (a sweep, train): CI runs it (make test-all)
+def test_a_command_keeps_its_best_weights_and_train_starts_from_them(tmp_path: Path) -> None:
+    (tmp_path / "keep.py").write_text(KEEPING)
+    (tmp_path / "keep.yaml").write_text(STUDY.replace("name: cmd", "name: keep").replace(
+        "python fake_train.py --mode {mode} --epochs {epochs} --lr {lr}", "python keep.py"))
+    proc = run_cli("run", "keep.yaml", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "results" / "keep"
+    kept = list((folder / "checkpoints").iterdir())
+    assert len(kept) == 1  # checkpoints.keep defaults to 1: the other trial's folder is gone
+    state = torch.load(kept[0] / "best.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["model"]["weight"].sum().item() == 4.0  # two of 2 weights, +1 twice
+    trained = run_cli("train", "results/keep/best.yaml", "--from-checkpoint", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "start weight 4" in trained.stdout  # not 0: the kept weights were loaded

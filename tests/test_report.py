@@ -119,8 +119,8 @@ def test_report_on_a_study_without_completed_trials_says_so() -> None:
 def test_plots_open_and_are_pictures(tmp_path: Path) -> None:
     paths = write_results(synthetic_study(), SPEC, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["history.png", "importance.png", "learning_curves.png", "metric_vs_lr.png", "summary.md",
-                     "trials.csv"]
+    assert names == ["curves.csv", "history.png", "importance.png", "learning_curves.png", "metric_vs_lr.png",
+                     "summary.md", "trials.csv"]
     from PIL import Image
 
     for p in paths:

@@ -4,9 +4,10 @@ On its own:          python train.py --learning_rate 3e-3 --epochs 20
 As a study:          sweeper run study.yaml            (from this folder; calls sweep() in-process)
 As a command study:  sweeper run study_command.yaml    (runs `python train.py ...` per trial)
 The best config:     sweeper export study.yaml && sweeper train results/digits_mlp/best.yaml
+From its weights:    sweeper train results/digits_mlp/best.yaml --from-checkpoint
 
-The lines marked `# sweeper` are all it takes (10 code lines): a `run` handed to the
-loop, three calls on it, the function a study names (`task: train:sweep`, study.yaml)
+The lines marked `# sweeper` are all it takes (10 code lines in either mode): a `run`
+handed to the loop, four calls on it, the function a study names (`task: train:sweep`, study.yaml)
 and, for the command mode (study_command.yaml), the run picked up in `__main__`.
 Data: scikit-learn's 1,797 8x8 digits (shipped with the package), a fixed 80/20 split.
 """
@@ -48,6 +49,7 @@ def main(args: argparse.Namespace, run=None) -> float:  # sweeper
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     if run is not None:  # sweeper
         run.watch(model, optimizer)  # sweeper
+        run.keep_best(model)  # sweeper: the study keeps the best trials' weights (checkpoints.keep)
     accuracy = 0.0
     for epoch in range(args.epochs):
         model.train()
@@ -81,11 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sweep(config: dict, run) -> float:  # sweeper: the study calls this with each trial's config
-    return main(argparse.Namespace(**{**vars(parse_args([])), **config}), run)  # sweeper
+def sweep(config: dict, run) -> float:  # sweeper (function mode): the study calls this with each trial's config
+    return main(argparse.Namespace(**{**vars(parse_args([])), **config}), run)  # sweeper (function mode)
 
 
 if __name__ == "__main__":
-    from sweeper import current_run  # sweeper: a Run when sweeper started this script, else None
+    from sweeper import current_run  # sweeper (command mode): a Run when sweeper started this script, else None
 
-    main(parse_args(), current_run())  # sweeper
+    main(parse_args(), current_run())  # sweeper (command mode)

@@ -48,7 +48,8 @@ class CommandTask(UserTask):
         self.grace = grace
 
     def train(self, config: Mapping[str, Any], reporter: Any = None, *, health: Mapping[str, Any] | None = None,
-              log_path: Path | None = None) -> Any:
+              log_path: Path | None = None, checkpoint_dir: Path | None = None,
+              init_from: Path | None = None) -> Any:
         """Run the command to its end (or until pruned) and return a ``FitResult``."""
         from ..train import FitResult
 
@@ -57,7 +58,10 @@ class CommandTask(UserTask):
         with tempfile.TemporaryDirectory(prefix="sweeper-") as tmp:
             report_path = Path(tmp) / "report.jsonl"
             report_path.touch()
-            run = {"metric": self.metric, "direction": self.direction, "health": dict(health) if health else None}
+            run = {"metric": self.metric, "direction": self.direction, "health": dict(health) if health else None,
+                   # absolute: the script runs in its own folder
+                   "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir.resolve()),
+                   "init_from": None if init_from is None else str(Path(init_from).resolve())}
             env = {**os.environ, REPORT_ENV: str(report_path), RUN_ENV: json.dumps(run)}
             # `python` in the command is this interpreter, where sweeper is importable
             env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")

@@ -23,8 +23,9 @@ def is_function_ref(name: object) -> bool:
     return isinstance(name, str) and bool(FUNCTION_REF.match(name))
 
 
-def import_function(ref: str, search: Sequence[Path]) -> Callable[..., Any]:
-    """Import ``module:function``, looking in ``search`` folders first (one-line error if not found)."""
+def import_function(ref: str, search: Sequence[Path], *, what: str = "task") -> Callable[..., Any]:
+    """Import ``module:function``, looking in ``search`` folders first (one-line error if not found);
+    ``what`` names the study key the reference came from in the error."""
     module_name, _, attr = ref.partition(":")
     for folder in reversed([str(Path(p).resolve()) for p in search]):
         if folder not in sys.path:
@@ -34,13 +35,13 @@ def import_function(ref: str, search: Sequence[Path]) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name):
-            raise UserError(f"task {ref}: no module {module_name!r} in {where} (or installed)") from None
-        raise UserError(f"task {ref}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+            raise UserError(f"{what} {ref}: no module {module_name!r} in {where} (or installed)") from None
+        raise UserError(f"{what} {ref}: importing {module_name} failed: {type(e).__name__}: {e}") from None
     except Exception as e:
-        raise UserError(f"task {ref}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+        raise UserError(f"{what} {ref}: importing {module_name} failed: {type(e).__name__}: {e}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UserError(f"task {ref}: {module.__file__} has no function {attr!r}")
+        raise UserError(f"{what} {ref}: {module.__file__} has no function {attr!r}")
     return fn  # type: ignore[no-any-return]
 
 
@@ -78,7 +79,7 @@ class FunctionTask(UserTask):
         self.search = list(search)
 
     def train(self, config: Mapping[str, Any], reporter: Any = None, *, monitor: Any = None,
-              device: str = "auto") -> Any:
+              device: str = "auto", checkpoint_dir: Path | None = None, init_from: Path | None = None) -> Any:
         """Seed, call the function with a ``Run`` and return a ``FitResult``."""
         from ..train import FitResult, seed_everything
         from .run import Run
@@ -87,7 +88,7 @@ class FunctionTask(UserTask):
         started = time.perf_counter()
         seed_everything(int(config.get("seed", 0)))
         run = Run(config, metric=self.metric, direction=self.direction, reporter=reporter, monitor=monitor,
-                  device=device)
+                  device=device, checkpoint_dir=checkpoint_dir, init_from=init_from)
         returned = fn(dict(config), run)
         if returned is not None and not isinstance(returned, int | float):
             raise TypeError(f"{self.name} returned {type(returned).__name__}; return the final {self.metric} "

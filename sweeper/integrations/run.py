@@ -29,14 +29,14 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import torch
 from torch import nn
 
-from ..health import HealthMonitor, HealthPruned
+from ..health import HealthMonitor, HealthPruned, Verdict
 from ..tasks.base import EvalResult
-from ..train import Monitor, Reporter, resolve_device
+from ..train import Monitor, Reporter, load_weights, resolve_device, save_weights
 from .command import REPORT_ENV, RUN_ENV
 
 
@@ -57,7 +57,8 @@ class Run:
 
     def __init__(self, config: Mapping[str, Any], *, metric: str, direction: str,
                  reporter: Reporter | _Sink | None = None, monitor: Monitor | None = None,
-                 device: str = "auto") -> None:
+                 device: str = "auto", checkpoint_dir: str | Path | None = None,
+                 init_from: str | Path | None = None) -> None:
         self.config = dict(config)
         self.metric = metric
         self.direction = direction
@@ -69,6 +70,15 @@ class Run:
         self._monitor = monitor
         self._step = 0
         self._sink: _JsonLines | None = reporter if isinstance(reporter, _JsonLines) else None
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.init_from = None if init_from is None else Path(init_from)
+        self._kept: nn.Module | None = None
+
+    @property
+    def monitored(self) -> bool:
+        """Whether a health monitor judges this run (not when the study turns ``health`` off, nor
+        under ``sweeper train``): integrations skip measuring what only the monitor reads."""
+        return self._monitor is not None
 
     def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
               scaler: torch.amp.GradScaler | None = None) -> None:
@@ -78,6 +88,15 @@ class Run:
         parameters it holds; ``scaler``, a GradScaler's scale (see ``HealthMonitor``)."""
         if self._monitor is not None:
             self._monitor.watch(model, optimizer, scaler=scaler)
+
+    def keep_best(self, model: nn.Module) -> None:
+        """Opt in to keeping weights: from now on, each ``report`` whose metric is the best so
+        far saves ``model``'s state dict as the trial's ``best.pt`` when the study keeps
+        checkpoints (``checkpoints.keep``; the K best trials' files stay). Under ``sweeper train
+        --from-checkpoint`` it first loads those weights into ``model``."""
+        self._kept = model
+        if self.init_from is not None:
+            load_weights(model, self.init_from, next(model.parameters(), torch.zeros(())).device)
 
     def after_backward(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
         """Call after each ``loss.backward()`` (before ``optimizer.step()``); pass the norm
@@ -104,6 +123,8 @@ class Run:
         value = values[self.metric]
         if self.best_epoch < 0 or (value < self.best if self.direction == "minimize" else value > self.best):
             self.best, self.best_epoch = value, epoch
+            if self._kept is not None and self.checkpoint_dir is not None:
+                save_weights(self.checkpoint_dir / "best.pt", self._kept, self.config, epoch, value)
         if self._monitor is not None:
             try:
                 self._monitor.after_eval(epoch, values, dict(outputs or {}))
@@ -121,6 +142,60 @@ class Run:
         self._sink.write({"health": {"reason": v.reason.value, "detail": v.detail, "step": v.step, "epoch": v.epoch}})
         print(f"sweeper: stopped by the health monitor: {v.reason.value}: {v.detail}", file=sys.stderr)
         raise SystemExit(0)
+
+    # -- for integrations whose processes judge together (Lightning under DDP): each process
+    #    judges, they agree on one verdict, then every process stops or none does
+
+    def check_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> tuple[bool, Verdict | None]:
+        """``after_backward`` that returns instead of stopping: whether the health monitor judged
+        its window of steps on this call (every ``check_every`` steps, so at the same calls in
+        every process) and the verdict it reached, None when it found nothing."""
+        verdict = None
+        checks = getattr(self._monitor, "checks", None)
+        if self._monitor is not None:
+            try:
+                self._monitor.after_backward(loss.detach(), None if grad_norm is None else grad_norm.detach(),
+                                             step=self._step)
+            except HealthPruned as e:
+                verdict = e.verdict
+        self._step += 1
+        if self._monitor is None:
+            return False, None
+        return checks is None or getattr(self._monitor, "checks", None) != checks, verdict
+
+    def check_eval(self, epoch: int, metrics: Mapping[str, float],
+                   outputs: Mapping[str, torch.Tensor] | None = None) -> Verdict | None:
+        """The health monitor's verdict on one evaluation (and on the steps since its last
+        check), returned instead of stopping; nothing is recorded (``record`` does that)."""
+        if self._monitor is None:
+            return None
+        try:
+            self._monitor.after_eval(epoch, {k: float(v) for k, v in metrics.items()}, dict(outputs or {}))
+        except HealthPruned as e:
+            return e.verdict
+        return None
+
+    def record(self, epoch: int, metrics: Mapping[str, float],
+               outputs: Mapping[str, torch.Tensor] | None = None) -> None:
+        """``report`` without the health checks, for an evaluation ``check_eval`` judged: the
+        history, the best value and the study (which may raise ``optuna.TrialPruned``)."""
+        monitor, self._monitor = self._monitor, None
+        try:
+            self.report(epoch, metrics, outputs)
+        finally:
+            self._monitor = monitor
+
+    def stop(self, verdict: Verdict, *, write: bool = True) -> NoReturn:
+        """Stop the trial for ``verdict`` as ``after_backward`` does: ``HealthPruned``, or in a
+        command run the verdict written and ``SystemExit``. ``write=False`` in the processes
+        whose verdict another one writes (DDP ranks other than 0): a command run exits
+        without writing."""
+        e = HealthPruned(verdict)
+        if write:
+            self._stop(e)
+        elif self._sink is not None:
+            raise SystemExit(0)
+        raise e
 
 
 class _JsonLines:
@@ -151,7 +226,7 @@ def current_run() -> Run | None:
         # pruning stops the script with SIGTERM: exit through `finally` blocks, not mid-write
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return Run({}, metric=spec["metric"], direction=spec["direction"], reporter=_JsonLines(Path(path)),
-               monitor=monitor)
+               monitor=monitor, checkpoint_dir=spec.get("checkpoint_dir"), init_from=spec.get("init_from"))
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
