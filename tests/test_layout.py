@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 MODULES = ["sweeper.integrations.run", "sweeper.integrations.command", "sweeper.integrations.function",
@@ -30,6 +32,7 @@ print(sorted(f for f in ("lightning", "transformers", "mlflow", "tensorboard") i
 """
 
 
+@pytest.mark.slow  # a fresh interpreter importing every module: CI runs it (make test-all)
 def test_every_module_imports_first_and_the_frameworks_stay_optional() -> None:
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -96,6 +96,7 @@ def test_the_lightning_example_runs_as_a_study(example: Path) -> None:
     assert first == pytest.approx(kept["metric"], abs=1e-6)  # at lr ~0: the kept model's accuracy
 
 
+@pytest.mark.slow  # a study through the CLI (a process importing Lightning): CI runs it (make test-all)
 def test_encoder_under_no_grad_is_pruned_as_dead_gradients(example: Path) -> None:
     _edit(example / "train.py", HEALTHY, NO_GRAD)
     proc = run_cli("run", "study.yaml", "--trials", "1", "--set", "epochs=5", "--no-progress", cwd=example)

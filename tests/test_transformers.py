@@ -140,6 +140,7 @@ def test_the_example_runs_as_a_study_with_healthy_trials(example: Path) -> None:
     assert "classifier.weight" in kept["model"]
 
 
+@pytest.mark.slow  # a study through the CLI (a process importing transformers): CI runs it
 def test_encoder_under_no_grad_is_pruned_as_dead_gradients(example: Path) -> None:
     script = example / "train.py"
     text = script.read_text()
