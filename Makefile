@@ -84,6 +84,7 @@ bench: $(STAMP)
 	$(PY) bench/report_speed.py
 	$(PY) bench/workers.py
 	$(PY) bench/pg_workers.py
+	$(PY) bench/fuzz.py --examples 2000 --seed 11
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,20 +8,72 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _optuna_warnings  # noqa: F401  (first: silences Optuna's experimental warnings)
-from .errors import SweepFailed, UserError
-from .export import export_best
-from .health import HealthMonitor, HealthPruned, Reason, Verdict
-from .integrations import FunctionTask, Run, current_run
-from .pruning import ProgressPruner
-from .report import trials_frame, write_results
-from .run_config import load_training_config, train_config
-from .sampling import FeasibleTPESampler
-from .space import base_config, suggest, trial_config
-from .spec import StudySpec, load_spec, parse_overrides, parse_spec
-from .sweep import Sweep, SweepOutcome, run_sweep
-from .tasks import EvalResult, KeyType, Task, TaskRun, get_task
-from .train import FitResult, fit
+from typing import TYPE_CHECKING, Any
+
+# The public API, imported when first used: `sweeper` (and the CLI, which Ctrl-C must be
+# able to stop cleanly from its first instruction) starts without importing torch or optuna.
+_EXPORTS = {
+    "SweepFailed": ".errors",
+    "UserError": ".errors",
+    "export_best": ".export",
+    "HealthMonitor": ".health",
+    "HealthPruned": ".health",
+    "Reason": ".health",
+    "Verdict": ".health",
+    "FunctionTask": ".integrations",
+    "Run": ".integrations",
+    "current_run": ".integrations",
+    "ProgressPruner": ".pruning",
+    "trials_frame": ".report",
+    "write_results": ".report",
+    "load_training_config": ".run_config",
+    "train_config": ".run_config",
+    "FeasibleTPESampler": ".sampling",
+    "base_config": ".space",
+    "suggest": ".space",
+    "trial_config": ".space",
+    "StudySpec": ".spec",
+    "load_spec": ".spec",
+    "parse_overrides": ".spec",
+    "parse_spec": ".spec",
+    "Sweep": ".sweep",
+    "SweepOutcome": ".sweep",
+    "run_sweep": ".sweep",
+    "EvalResult": ".tasks",
+    "KeyType": ".tasks",
+    "Task": ".tasks",
+    "TaskRun": ".tasks",
+    "get_task": ".tasks",
+    "FitResult": ".train",
+    "fit": ".train",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import SweepFailed, UserError
+    from .export import export_best
+    from .health import HealthMonitor, HealthPruned, Reason, Verdict
+    from .integrations import FunctionTask, Run, current_run
+    from .pruning import ProgressPruner
+    from .report import trials_frame, write_results
+    from .run_config import load_training_config, train_config
+    from .sampling import FeasibleTPESampler
+    from .space import base_config, suggest, trial_config
+    from .spec import StudySpec, load_spec, parse_overrides, parse_spec
+    from .sweep import Sweep, SweepOutcome, run_sweep
+    from .tasks import EvalResult, KeyType, Task, TaskRun, get_task
+    from .train import FitResult, fit
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sweeper' has no attribute {name!r}")
+    import importlib
+
+    importlib.import_module("._optuna_warnings", __name__)
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "EvalResult",

@@ -4,8 +4,10 @@ Without it, two workers that both see one trial left both start one and the
 study overshoots its budget. The lock is held only from the count until the
 new trial is RUNNING in the storage (milliseconds), never while training.
 
-- SQLite and journal files: an exclusive ``flock`` on ``<file>.lock`` beside the
-  storage (workers on one machine, as those storages require).
+- SQLite and journal files: an exclusive ``flock`` on ``<file>.budget.lock`` beside the
+  storage (workers on one machine, as those storages require). Not ``<file>.lock``: that is
+  the path of Optuna's own journal lock, which takes a file there for a lock held and
+  deletes it after 30 seconds as stale.
 - PostgreSQL: a session advisory lock keyed by the study name (workers anywhere).
 - Other storages: no lock; the budget can then overshoot by a trial per extra worker.
 """
@@ -20,6 +22,8 @@ from typing import Any
 
 from .storage import journal_path, sqlite_path
 
+LOCK_SUFFIX = ".budget.lock"
+
 
 class BudgetLock:
     """``acquire()``/``release()`` (idempotent), or ``with lock:``."""
@@ -31,7 +35,7 @@ class BudgetLock:
         self._conn: Any = None
         self._held = False
         path = sqlite_path(storage_url) or journal_path(storage_url)
-        self._path = Path(f"{path}.lock") if path is not None else None
+        self._path = Path(f"{path}{LOCK_SUFFIX}") if path is not None else None
         self._postgres = storage_url.startswith("postgresql")
 
     def acquire(self) -> None:

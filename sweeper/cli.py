@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,16 +80,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    """Run one command; the exit code: 0 done, 1 a run failed, 2 bad input, 130 interrupted."""
+    from .interrupts import INTERRUPT, install_interrupt_handlers, is_main_thread
+
+    main_thread = is_main_thread()
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    if main_thread:  # first: a Ctrl-C while torch imports is an interrupt, not a traceback
+        INTERRUPT.reset(armed=True)
+        install_interrupt_handlers()
     try:
-        return _dispatch(args, "sweeper " + " ".join(shlex.quote(a) for a in argv))
+        return _main(argv)
+    finally:
+        # called in-process with arguments (tests, notebooks): the caller's handlers come back;
+        # as the program (argv None) they stay, so a Ctrl-C on the way out is no traceback
+        if main_thread and argv is not None:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    resume = "sweeper " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args, resume)
     except UserError as e:
-        print(f"sweeper: error: {e}", file=sys.stderr)
+        print(f"sweeper: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except SweepFailed as e:
-        print(f"sweeper: {e}", file=sys.stderr)
+        print(f"sweeper: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        # before any trial ran, or while results were written after one: what exists is whole
+        print(f"interrupted: finished runs are kept; resume with: {resume}", file=sys.stderr)
+        return 130
+
+
+def _one_line(text: str) -> str:
+    """A message on one line, whatever a value inside it held."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _dispatch(args: argparse.Namespace, resume_argv: str) -> int:

@@ -11,18 +11,24 @@ import optuna
 
 from .errors import SweepFailed, UserError
 from .export import best_trials, export_best
+from .interrupts import INTERRUPT
 from .report import write_results
 from .run_config import load_training_config, start_weights, train_config
-from .spec import StudySpec, load_spec, parse_overrides
-from .storage import check_storage, open_storage
+from .spec import StudySpec, check_storage_url, load_spec, name_error, one_line, parse_overrides
+from .storage import check_storage, check_writable, open_storage
 from .sweep import Sweep, SweepOutcome, results_dir, state_counts
 
 
 def _load(args: argparse.Namespace) -> tuple[StudySpec, str, str]:
     spec = load_spec(args.study)
-    storage = args.storage or spec.default_storage()
+    storage = spec.default_storage() if args.storage is None else args.storage
+    if args.storage is not None:
+        check_storage_url(args.storage, where="--storage")
     check_storage(storage)
-    return spec, storage, args.study_name or spec.name
+    name = spec.name if args.study_name is None else args.study_name
+    if args.study_name is not None and (error := name_error(args.study_name)):
+        raise UserError(f"--study-name must be {error}, got {one_line(repr(args.study_name), 200)}")
+    return spec, storage, name
 
 
 def _existing(spec: StudySpec, storage: str, name: str) -> optuna.Study:
@@ -58,10 +64,11 @@ def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
 def _finish(study: optuna.Study, spec: StudySpec, storage: str, name: str, budget: int, note: str = "") -> str:
     """Write the results and best.yaml, print the status line; return the results folder."""
     folder = results_dir(spec, name)
-    write_results(study, spec, folder)
-    if best_trials(study, spec.direction):
-        export_best(spec, study, folder, storage)
-    print(_status_line(study, spec, budget) + f"{note}; results in {folder}/")
+    with INTERRUPT.shielded():  # a Ctrl-C now (a second one, say) waits: the results are written whole
+        write_results(study, spec, folder)
+        if best_trials(study, spec.direction):
+            export_best(spec, study, folder, storage)
+        print(_status_line(study, spec, budget) + f"{note}; results in {folder}/")
     return str(folder)
 
 
@@ -74,8 +81,10 @@ def _run_workers(workers: int, gpus: list[int] | None, spec: StudySpec, storage:
                  overrides: dict[str, object], sweep: Sweep, resume_argv: str) -> int:
     from .workers import INTERRUPTED, assign_gpus, run_workers
 
-    sweep.check()
-    open_storage(storage, spec.heartbeat, retries=spec.budget.retries)  # created once, before the workers race
+    with INTERRUPT.shielded():
+        # the storage and the study are created once, before the workers race to; a Ctrl-C
+        # from here on finds a study to write results for and to resume
+        sweep.open()
     note = f"; {workers} workers"
     if gpus:
         note += " on GPUs " + ",".join(map(str, assign_gpus(workers, gpus)))
@@ -126,7 +135,8 @@ def cmd_status(args: argparse.Namespace, *, resume_argv: str) -> int:
 def cmd_report(args: argparse.Namespace, *, resume_argv: str) -> int:
     spec, storage, name = _load(args)
     study = _existing(spec, storage, name)
-    paths = write_results(study, spec, results_dir(spec, name))
+    with INTERRUPT.shielded():
+        paths = write_results(study, spec, results_dir(spec, name))
     if not best_trials(study, spec.direction):
         print(f"study {name} has no completed trial yet: the tables are empty", file=sys.stderr)
     print("wrote " + ", ".join(map(str, paths)))
@@ -138,7 +148,8 @@ def cmd_export(args: argparse.Namespace, *, resume_argv: str) -> int:
     if args.top < 1:
         raise UserError(f"--top must be an integer >= 1, got {args.top}")
     study = _existing(spec, storage, name)
-    paths = export_best(spec, study, results_dir(spec, name), storage, top=args.top)
+    with INTERRUPT.shielded():
+        paths = export_best(spec, study, results_dir(spec, name), storage, top=args.top)
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 
@@ -174,20 +185,38 @@ def cmd_ablate(args: argparse.Namespace, *, resume_argv: str) -> int:
                           progress=False if args.no_progress else None)
     print(f"ablation of {name}: {len(cells)} cells x {seeds} seeds; {end} = {far_source}; baseline = {source}")
     outcome = sweep.run()
-    table = ablation_table(outcome.study.get_trials(deepcopy=False), cells, seeds, spec.direction, end=end)
-    paths = write_ablation(table, ablation_markdown(table, spec, seeds, source, far_source, end=end), folder)
-    print("wrote " + ", ".join(map(str, paths)))
+    with INTERRUPT.shielded():  # the tables are written whole, whatever Ctrl-C comes now
+        table = ablation_table(outcome.study.get_trials(deepcopy=False), cells, seeds, spec.direction, end=end)
+        paths = write_ablation(table, ablation_markdown(table, spec, seeds, source, far_source, end=end), folder)
+        print("wrote " + ", ".join(map(str, paths)))
     return _exit_code(outcome, resume_argv, what="ablation", see=str(paths[0]))
 
 
 def cmd_train(args: argparse.Namespace, *, resume_argv: str) -> int:
+    from .train import check_device
+
     tc = load_training_config(args.config, args.overrides)
+    check_device(args.device)
+    check_writable(args.out or tc.path.with_suffix(".run"), what="run folder")
     init_from = start_weights(tc, args.from_checkpoint)
     try:
         train_config(tc, out_dir=args.out, device=args.device, init_from=init_from)
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint is kept; resume with: {resume_argv}", file=sys.stderr)
         return 130
+    except (UserError, SweepFailed):
+        raise
+    except Exception as e:  # the training itself failed: one line, the traceback kept in the run folder
+        import traceback
+
+        folder = args.out or tc.path.with_suffix(".run")
+        where = ""
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "traceback.txt").write_text(traceback.format_exc())
+            where = f"; traceback in {folder / 'traceback.txt'}"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SweepFailed(f"training failed: {type(e).__name__}: {first}{where}") from None
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import yaml
 
 from .errors import UserError
 from .integrations import CommandTask, FunctionTask, import_function, is_function_ref
-from .spec import _Loader, parse_scalar, show_value
+from .spec import _Loader, parse_scalar, read_yaml, show_value
 from .tasks import TASKS, get_task
 from .tasks.base import EvalResult
 from .train import FitResult, fit
@@ -55,17 +56,14 @@ def load_training_config(path: str | Path, overrides: list[str] | None = None) -
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {p} does not exist")
-    try:
-        doc = yaml.load(p.read_text(), Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    doc = read_yaml(p, what="a training config")
     if not isinstance(doc, dict) or "task" not in doc or not isinstance(doc.get("config"), dict):
         raise UserError(f"{p}: a training config needs `task` and a `config` mapping "
                         "(as written by `sweeper export`)")
     task_name = doc["task"]
     if is_function_ref(task_name) or task_name == "command":
         return _function_config(p, doc, overrides or [])
-    if task_name not in TASKS:
+    if not isinstance(task_name, str) or task_name not in TASKS:
         raise UserError(f"{p}: `task` must be one of {', '.join(sorted(TASKS))} or module:function, "
                         f"got {task_name!r}")
     task = get_task(task_name)
@@ -105,6 +103,8 @@ def _function_config(p: Path, doc: Mapping[str, Any], overrides: list[str]) -> T
                         provenance=doc.get("provenance") if isinstance(doc.get("provenance"), dict) else None,
                         task_command=doc.get("task_command"), workdir=doc.get("workdir"),
                         checkpoint=_checkpoint(p, doc))
+    if tc.workdir is not None and not isinstance(tc.workdir, str):
+        raise UserError(f"{p}: `workdir` must be the folder the command runs in, got {show_value(tc.workdir)}")
     if tc.task == "command":
         if not isinstance(tc.task_command, str):
             raise UserError(f"{p}: a config for a command task needs `task_command` (as `sweeper export` writes it)")
@@ -138,7 +138,21 @@ def start_weights(tc: TrainingConfig, given: str | None) -> Path | None:
                         "`checkpoints.keep` 0, or a worker on another machine ran it); pass --from-checkpoint PATH")
     if not path.is_file():
         raise UserError(f"--from-checkpoint: {path} does not exist")
+    try:  # read now, so an unreadable file is refused before a run folder is made
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"--from-checkpoint: {path} is not a checkpoint torch can read "
+                        f"({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"--from-checkpoint: {path} holds no weights (a best.pt or a state dict is expected)")
     return path
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 class CSVReporter:
@@ -167,6 +181,7 @@ def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO
     start from those weights (a trial's ``best.pt``) instead of a fresh initialisation."""
     out = out or sys.stdout
     folder = out_dir or tc.path.with_suffix(".run")
+    created = not folder.exists()
     _check_same_config(folder, tc.config)
     reporter = CSVReporter(folder / "metrics.csv", out)
     cmd_task = tc.command_task()
@@ -186,6 +201,8 @@ def train_config(tc: TrainingConfig, *, out_dir: Path | None = None, out: TextIO
         result = fit(tc.config, task, reporter, checkpoint_dir=folder, device=device, init_from=init_from)
     except ValueError as e:
         if init_from is not None and str(init_from) in str(e):
+            if created:  # refused before the first epoch: nothing is left behind
+                shutil.rmtree(folder, ignore_errors=True)
             raise UserError(f"--from-checkpoint: {e}") from None
         raise
     print(f"done: best {task.metric}={result.best:.4f} at epoch {result.best_epoch}, "
@@ -198,11 +215,20 @@ def _check_same_config(folder: Path, config: Mapping[str, Any]) -> None:
     config would silently mix two runs."""
     path = folder / "config.yaml"
     if path.exists():
-        saved = yaml.load(path.read_text(), Loader=_Loader) or {}
+        try:
+            saved = yaml.load(path.read_text(), Loader=_Loader) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            saved = None
         if saved != dict(config):
+            if not isinstance(saved, dict):
+                raise UserError(f"{path} is not a config this command wrote; pass --out to train into a new folder")
             diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
             raise UserError(f"{folder} holds a run of another config (differs in {', '.join(diff)}); "
                             "pass --out to train into a new folder")
         return
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder}: a file is there, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    tmp = path.with_name(path.name + ".tmp")  # written then renamed: never a torn config.yaml
+    tmp.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    tmp.replace(path)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -28,7 +28,26 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``) and refuses a key
+    written twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` merges are meant to be overridden
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
 
 
 _Loader.add_implicit_resolver(
@@ -230,6 +249,7 @@ SAMPLER_OPTIONS: dict[str, dict[str, tuple[str, Any, str]]] = {
     "gp": {"n_startup_trials": _NONNEG_INT},
     "grid": {},
 }
+SAMPLER_PACKAGES = {"cmaes": ("cmaes",), "qmc": ("scipy",), "gp": ("scipy",)}  # what Optuna imports for each
 GRID_LIMIT = 100_000  # points: Optuna's GridSampler holds (and shuffles) every one in memory
 
 _PRUNER_COMMON = {"n_startup_trials": _NONNEG_INT, "n_warmup_steps": _NONNEG_INT, "interval_steps": _POS_INT}
@@ -277,17 +297,49 @@ def resolve_study_path(study: str, studies_dir: Path = STUDIES_DIR) -> Path:
 def load_spec(study: str, studies_dir: Path = STUDIES_DIR) -> StudySpec:
     """Read and validate a study file by name or path."""
     path = resolve_study_path(study, studies_dir)
+    return parse_spec(read_yaml(path), path)
+
+
+def read_yaml(path: Path, what: str = "a study file") -> Any:
+    """A YAML file's document; a file that cannot be read, is not UTF-8 text or is not
+    YAML (a key written twice included) is one ``UserError`` line naming where."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                        f"{what} is YAML text") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise UserError(f"{path}: YAML syntax error at {where}: {e.problem}") from None
+        kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise UserError(f"{path}: {kind} at {where}: {one_line(str(e.problem))}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: YAML error: {e}") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_spec(raw, path)
+        raise UserError(f"{path}: YAML error: {one_line(str(e))}") from None
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (runs of whitespace joined), cut at ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+NAME_MAX = 100  # characters: a name becomes a folder (results/NAME/), well under any file system's limit
+
+
+def name_error(value: Any) -> str | None:
+    """Why ``value`` cannot name a study (it becomes ``results/NAME/``), else None: the one rule
+    for ``name:`` and ``--study-name``."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        return "a name of letters, digits, '_', '.' and '-' that starts with a letter or digit"
+    if len(value) > NAME_MAX:
+        return f"a name of at most {NAME_MAX} characters (it becomes the folder results/NAME/)"
+    return None
 
 
 def parse_spec(raw: Any, path: Path) -> StudySpec:
@@ -296,8 +348,8 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
     doc = v.mapping(raw, "")
     v.known_keys(doc, TOP_KEYS, "")
     name = v.require(doc, "name", "")
-    if not isinstance(name, str) or not _NAME.match(name):
-        v.fail("name", name, "a name of letters, digits, '_', '.' and '-'")
+    if error := name_error(name):
+        v.fail("name", name, error)
 
     task_name = v.require(doc, "task", "")
     command, grace = None, 10.0
@@ -363,12 +415,7 @@ def parse_spec(raw: Any, path: Path) -> StudySpec:
     if budget.epochs is not None and "epochs" in params:
         v.fail("params.epochs", "(searched)", "not searched while `budget.epochs` is set")
     if command is not None:
-        import string
-
-        for _, field_name, _, _ in string.Formatter().parse(command):
-            if field_name is not None and field_name not in types:
-                v.fail("task.command", f"{{{field_name}}}", "placeholders naming keys of the study: "
-                       + ", ".join(sorted(types)), hint=_did_you_mean(field_name, types))
+        _check_template(v, "task.command", command, types)
 
     if sampler.type == "grid" and (error := grid_error(params, budget.trials, what="`budget.trials`")):
         raise UserError(f"{path}: {error}")
@@ -409,11 +456,17 @@ def check_storage_url(url: Any, *, where: str) -> str:
     """Reject storage URLs whose scheme sweeper cannot open, before anything connects."""
     if not isinstance(url, str) or "://" not in url:
         raise UserError(f"{where} must be a storage URL such as sqlite:///results/x/study.db "
-                        f"or postgresql://host/db, got {url!r}")
+                        f"or postgresql://host/db, got {one_line(repr(url), 200)}")
     scheme = url.split("://", 1)[0]
     if not (scheme == "sqlite" or scheme.startswith(("postgresql", "mysql")) or scheme == "journal"):
-        raise UserError(f"{where}: unknown storage scheme {scheme!r} in {url!r}; "
+        raise UserError(f"{where}: unknown storage scheme {scheme!r} in {one_line(repr(url), 200)}; "
                         "allowed: sqlite, postgresql, mysql, journal (journal:///path/to/file.log)")
+    if scheme in ("sqlite", "journal"):
+        path = url[len(scheme) + 3:]
+        if not path.startswith("/") or path in ("/", "/:memory:") or "\x00" in path:
+            raise UserError(f"{where}: {scheme} needs a file path, as in {scheme}:///results/x/study"
+                            f"{'.db' if scheme == 'sqlite' else '.log'} (an in-memory study would be lost), "
+                            f"got {one_line(repr(url), 200)}")
     return url
 
 
@@ -436,10 +489,16 @@ def _parse_budget(v: _Validator, raw: Any) -> Budget:
 def _parse_sampler(v: _Validator, raw: Any) -> SamplerSpec:
     doc = v.mapping(raw, "sampler")
     kind = doc.get("type", "tpe")
-    if kind not in SAMPLER_OPTIONS:
+    if not isinstance(kind, str) or kind not in SAMPLER_OPTIONS:
         v.fail("sampler.type", kind, ", ".join(SAMPLER_OPTIONS), hint=_did_you_mean(str(kind), SAMPLER_OPTIONS))
     allowed = SAMPLER_OPTIONS[kind]
     v.known_keys(doc, ("type", "seed", *allowed), "sampler.", noun=f"option of the {kind} sampler")
+    import importlib.util
+
+    for package in SAMPLER_PACKAGES.get(kind, ()):  # else every trial would fail on the import
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f"{v.path}: `sampler.type: {kind}` needs the {package} package, which is not "
+                            f"installed (pip install {package}), or choose another sampler")
     seed = doc.get("seed", 0)
     if seed is not None:
         v.integer(seed, "sampler.seed", minimum=0)
@@ -450,7 +509,7 @@ def _parse_sampler(v: _Validator, raw: Any) -> SamplerSpec:
 def _parse_pruner(v: _Validator, raw: Any) -> PrunerSpec:
     doc = v.mapping(raw, "pruner")
     kind = doc.get("type", "median")
-    if kind not in PRUNER_OPTIONS:
+    if not isinstance(kind, str) or kind not in PRUNER_OPTIONS:
         v.fail("pruner.type", kind, ", ".join(PRUNER_OPTIONS), hint=_did_you_mean(str(kind), PRUNER_OPTIONS))
     allowed = PRUNER_OPTIONS[kind]
     v.known_keys(doc, ("type", *allowed), "pruner.", noun=f"option of the {kind} pruner")
@@ -538,9 +597,6 @@ def _parse_ablation(v: _Validator, raw: Any, types: Mapping[str, KeyType], fixed
     return AblationSpec(baseline=ends["baseline"], seeds=seeds, target=ends["target"])
 
 
-_PLACEHOLDER = re.compile(r"{([^{}:!]*)[^{}]*}")
-
-
 def _parse_export(v: _Validator, raw: Any, types: Mapping[str, KeyType], task: str) -> ExportSpec:
     doc = v.mapping(raw, "export")
     v.known_keys(doc, ("command",), "export.")
@@ -549,11 +605,27 @@ def _parse_export(v: _Validator, raw: Any, types: Mapping[str, KeyType], task: s
         return ExportSpec()
     if not isinstance(command, str) or not command.strip():
         v.fail("export.command", command, "a command line with {param} placeholders")
-    for name in _PLACEHOLDER.findall(command):
-        if name not in types:
-            raise UserError(f"{v.path}: `export.command` uses {{{name}}}, which is not a key of task "
-                            f"{task}{_did_you_mean(name, types)}; known: {', '.join(sorted(types))}")
+    _check_template(v, "export.command", command, types)
     return ExportSpec(command=command)
+
+
+def _check_template(v: _Validator, key: str, template: str, types: Mapping[str, KeyType]) -> None:
+    """A command template must fill with any config: braces balanced (``{{`` for a literal
+    one), every ``{placeholder}`` a key of the study, no format spec a quoted value refuses."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        v.fail(key, template, f"a command line whose braces pair up ({e}; write {{{{ for a literal brace)")
+    for field_name in fields:
+        if field_name not in types:
+            raise UserError(f"{v.path}: `{key}` uses {{{one_line(field_name, 80)}}}, which is not a key of the study"
+                            f"{_did_you_mean(field_name, types)}; known: {', '.join(sorted(types))}")
+    try:
+        template.format_map(dict.fromkeys(types, "'value'"))  # values are filled in as quoted text
+    except (ValueError, KeyError, IndexError, AttributeError) as e:
+        v.fail(key, template, f"placeholders without format specs or indexing ({type(e).__name__}: {e})")
 
 
 def _parse_trackers(v: _Validator, raw: Any) -> TrackersSpec:
@@ -671,6 +743,9 @@ def _parse_param(v: _Validator, key: str, raw: Any, ktype: KeyType) -> ParamSpec
             v.integer(value, f"{where}.{bound}")
         elif not _is_number(value) or not math.isfinite(value):
             v.fail(f"{where}.{bound}", value, "a finite number")
+    for bound, value in (("low", low), ("high", high)):  # the range the key's reader declares
+        if not ktype.accepts(value):
+            v.fail(f"{where}.{bound}", value, f"within what {key} accepts: {ktype.describe()}")
     if low > high:
         raise UserError(f"{v.path}: `{where}.low` must be <= `{where}.high`, got low={low}, high={high}")
     if log and low <= 0:
@@ -821,9 +896,9 @@ class _Validator:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def fail(self, key: str, value: Any, allowed: str, *, hint: str = "") -> None:
+    def fail(self, key: str, value: Any, allowed: str, *, hint: str = "") -> NoReturn:
         shown = show_value(value) if not isinstance(value, str) or value.startswith("(") else repr(value)
-        raise UserError(f"{self.path}: `{key}` must be {allowed}, got {shown}{hint}")
+        raise UserError(f"{self.path}: `{one_line(key, 120)}` must be {allowed}, got {one_line(shown, 200)}{hint}")
 
     def mapping(self, raw: Any, key: str) -> dict[str, Any]:
         if raw is None:
@@ -831,7 +906,7 @@ class _Validator:
         if not isinstance(raw, dict):
             where = f"`{key}`" if key else "the document"
             raise UserError(f"{self.path}: {where} must be a mapping of keys to values, "
-                            f"got {type(raw).__name__} {raw!r}")
+                            f"got {type(raw).__name__} {one_line(repr(raw), 200)}")
         return raw
 
     def present(self, raw: Any, key: str) -> Any:
@@ -849,7 +924,7 @@ class _Validator:
             if key not in allowed:
                 hint = _did_you_mean(str(key), allowed)
                 what = f" (not a {noun})" if noun else ""
-                raise UserError(f"{self.path}: unknown key `{prefix}{key}`{what}{hint}; "
+                raise UserError(f"{self.path}: unknown key `{one_line(prefix + str(key), 120)}`{what}{hint}; "
                                 f"allowed: {', '.join(sorted(map(str, allowed)))}")
 
     def integer(self, value: Any, key: str, *, minimum: int | None = None) -> None:

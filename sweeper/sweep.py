@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,11 +21,13 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from . import _optuna_warnings  # noqa: F401  (silences Optuna's experimental warnings)
 from .budget_lock import BudgetLock
 from .errors import SweepFailed, UserError
 from .health import HealthMonitor, HealthPruned, diagnose
 from .integrations import CommandTask, FunctionTask, load_task
 from .integrations.trackers import MLflowTracker, TensorBoardTracker, Trackers, tensorboard_available
+from .interrupts import INTERRUPT, install_interrupt_handlers, is_main_thread
 from .pruning import GuardedHyperband, ProgressPruner, WarmupGuard
 from .sampling import FeasibleTPESampler
 from .space import trial_config
@@ -35,7 +37,8 @@ from .tasks.base import EvalResult, format_value, show_value
 from .train import fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-INHERITED_ATTRS = ("error", "health.reason", "health.detail", "health.step", "epochs_run", "history", "checkpoint")
+INHERITED_ATTRS = ("error", "traceback", "health.reason", "health.detail", "health.step", "epochs_run", "history",
+                   "checkpoint")
 FAILURE_LIMIT_MIN_TRIALS = 5  # the failure-rate stop looks at no fewer trials than this
 WAIT_POLL = 0.5  # seconds between looks at the study while the rest of the budget is in flight
 CHECKPOINT_FILE = "best.pt"  # a trial's best weights, in its checkpoint folder
@@ -55,7 +58,7 @@ def make_sampler(spec: StudySpec, *, seed_offset: int = 0,
     s = spec.sampler
     if s.type == "grid":
         return optuna.samplers.GridSampler(grid_space(spec.params, pinned), seed=s.seed)
-    seed = None if s.seed is None else s.seed + seed_offset
+    seed = None if s.seed is None else (s.seed + seed_offset) % 2**32  # numpy takes 32-bit seeds
     opts = dict(s.options)
     if s.type == "tpe":
         # constant liar: a trial still running counts as a poor result, so concurrent workers
@@ -160,7 +163,8 @@ def trial_line(t: FrozenTrial, spec: StudySpec) -> str:
     if reason:
         line += f"  [{reason}: {t.user_attrs.get('health.detail', '')}]"
     elif t.state == TrialState.FAIL and "error" in t.user_attrs:
-        line += f"  [error: {t.user_attrs['error']}]"
+        where = f"; traceback in {t.user_attrs['traceback']}" if t.user_attrs.get("traceback") else ""
+        line += f"  [error: {t.user_attrs['error']}{where}]"
     return line
 
 
@@ -246,25 +250,30 @@ class Sweep:
         for key in INHERITED_ATTRS:  # a retry copies the failed trial's attributes: start clean
             if trial.user_attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
-        config = self.trial_config(trial)
-        trial.set_user_attr("config", config)
-        trial.set_user_attr("worker", worker_id())
-        if os.environ.get("CUDA_VISIBLE_DEVICES"):
-            trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
-        trackers = self.trackers()
-        trackers.start(trial.number, config)
-        reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type, trackers)
         state, value = "FAIL", None
+        trackers: Trackers | None = None
         try:
+            config = self.trial_config(trial)
+            trial.set_user_attr("config", config)
+            trial.set_user_attr("worker", worker_id())
+            if os.environ.get("CUDA_VISIBLE_DEVICES"):
+                trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
+            trackers = self.trackers()
+            trackers.start(trial.number, config)
+            reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type, trackers)
             value = self._train(trial, config, reporter)
             state = "COMPLETE"
             return value
         except optuna.TrialPruned:  # HealthPruned is one
             state = "PRUNED"
             raise
+        except Exception:
+            self._keep_traceback(trial)
+            raise
         finally:
-            with contextlib.suppress(Exception):  # the trial's outcome must be recorded whatever a tracker does
-                trackers.end(state, value, trial.user_attrs)
+            if trackers is not None:
+                with contextlib.suppress(Exception):  # the trial's outcome must be recorded whatever a tracker does
+                    trackers.end(state, value, trial.user_attrs)
 
     def _train(self, trial: optuna.Trial, config: dict[str, Any], reporter: TrialReporter) -> float:
         monitor = self.monitor(config)
@@ -317,6 +326,19 @@ class Sweep:
         if keep is not None and (keep / CHECKPOINT_FILE).is_file():
             trial.set_user_attr("checkpoint", str(keep / CHECKPOINT_FILE))
         return result.best
+
+    def _keep_traceback(self, trial: optuna.Trial) -> None:
+        """The failed trial's traceback, in a file its trial line names (not on the terminal)."""
+        import traceback
+
+        path = self.results / "logs" / f"trial-{trial.number}.traceback"
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(traceback.format_exc())
+            trial.set_user_attr("traceback", str(path))
+        if trial.user_attrs.get("error") is None:  # failed outside the training itself
+            e = sys.exc_info()[1]
+            trial.set_user_attr("error", f"{type(e).__name__}: {_first_line(e)}" if e else "unknown error")
 
     def checkpoint_dir(self, number: int) -> Path | None:
         """Where trial ``number`` keeps its best weights (None when the study keeps none)."""
@@ -379,7 +401,20 @@ class Sweep:
     # -- the loop
 
     def run(self) -> SweepOutcome:
-        study = self.open()
+        # signals are taken over before the storage is touched: from here a Ctrl-C waits for
+        # the write it lands in, and the loop below stops at its next safe point
+        main_thread = is_main_thread()  # signal handlers can only be set from the main thread
+        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        INTERRUPT.reset()
+        if main_thread:
+            install_interrupt_handlers()
+        try:
+            study = self.open()
+        except BaseException:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous[0])
+                signal.signal(signal.SIGINT, previous[1])
+            raise
         self._lock = BudgetLock(self.storage_url, self.study_name)
         outcome = SweepOutcome(study=study)
         bar = _progress_bar(self.budget, len(study.get_trials(deepcopy=False, states=FINISHED)), self.progress)
@@ -414,11 +449,6 @@ class Sweep:
 
         search = [self.spec.path.parent, Path.cwd()]
         user_callbacks = [_UserCallback(c.ref, make_callback(c, search)) for c in self.spec.callbacks]
-        main_thread = _is_main_thread()  # signal handlers can only be set from the main thread
-        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-        INTERRUPT.reset()
-        if main_thread:
-            install_interrupt_handlers()
         try:
             while True:
                 INTERRUPT.check()
@@ -511,77 +541,17 @@ def _existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
 
 
 class _DropInterruptTracebacks(logging.Filter):
-    """Ctrl-C is not an error: Optuna's "trial failed" record with its traceback is
-    replaced by sweeper's own line saying how to resume."""
+    """Optuna's "trial failed" record and its traceback stay off the terminal: Ctrl-C is not
+    an error (sweeper prints how to resume), and a failed trial gets sweeper's own line with
+    its error, its traceback kept in ``results/NAME/logs/trial-N.traceback``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+        return not record.exc_info
 
 
 _OPTIMIZE_LOGGER = logging.getLogger("optuna.study._optimize")
 if not any(isinstance(f, _DropInterruptTracebacks) for f in _OPTIMIZE_LOGGER.filters):
     _OPTIMIZE_LOGGER.addFilter(_DropInterruptTracebacks())
-
-
-class _Interrupt:
-    """SIGINT and SIGTERM, handled once, at points where stopping is safe.
-
-    A signal while a trial trains raises KeyboardInterrupt at once (training can stop anywhere).
-    Anywhere else, in the middle of a storage write or the sampler, it only sets a flag that the
-    sweep loop checks between steps: an exception there could leave Optuna or SQLAlchemy half-way.
-    Later signals (a second Ctrl-C, a SIGTERM the parent passes on) are ignored, so they cannot
-    cut short the clean-up that records the running trial.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.armed = False
-
-    def reset(self) -> None:
-        self.requested = self.armed = False
-
-    def handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            return
-        self.requested = True
-        if self.armed:
-            self.armed = False
-            raise KeyboardInterrupt
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt here if a signal came at a moment that was not safe."""
-        if self.requested:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
-        """While the block runs, a signal raises KeyboardInterrupt at once."""
-        self.check()
-        self.armed = True
-        try:
-            yield
-        finally:
-            self.armed = False
-
-    @contextlib.contextmanager
-    def shielded(self) -> Iterator[None]:
-        """Inside ``training``: a storage write that a signal must not interrupt half-way."""
-        was, self.armed = self.armed, False
-        try:
-            yield
-        finally:
-            self.armed = was
-        if was:
-            self.check()
-
-
-INTERRUPT = _Interrupt()  # one per process, as signal handlers are
-
-
-def install_interrupt_handlers() -> None:
-    """SIGINT and SIGTERM both stop the sweep as Ctrl-C does, once (main thread only)."""
-    signal.signal(signal.SIGINT, INTERRUPT.handler)
-    signal.signal(signal.SIGTERM, INTERRUPT.handler)
 
 
 class TrialOutOfMemory(RuntimeError):
@@ -624,12 +594,6 @@ def _first_line(e: BaseException) -> str:
 def worker_id() -> str:
     """Which machine and process ran a trial: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _progress_bar(total: int, initial: int, enabled: bool | None) -> Any:

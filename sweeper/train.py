@@ -65,6 +65,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_device(name: str) -> torch.device:
+    """The device ``--device`` names, refused with one ``UserError`` line unless this machine
+    has it (before a run folder is made)."""
+    from .errors import UserError
+
+    if name == "auto":
+        return resolve_device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device {name}: not a device torch knows; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {name}: no CUDA GPU is visible to torch on this machine; use auto or cpu")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device {name}: GPU {dev.index} does not exist; this machine has GPUs 0-{count - 1}")
+        return dev
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return dev
+    raise UserError(f"--device {name}: this machine cannot train on {dev.type}; use auto, cpu or cuda[:N]")
+
+
 def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.01,
               schedule: str = "cosine", restart_steps: int = 0, restart_mult: int = 2) -> float:
     """The lr multiplier at ``step``: linear warmup from 0 to 1 over ``warmup_steps``, then

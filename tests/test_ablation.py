@@ -206,7 +206,7 @@ def test_a_fix_list_is_ablated_without_a_search(workdir: Path, capsys: pytest.Ca
     ("target: {lr: 0.001}", "`ablation.target` changes nothing: every key it sets has the baseline's value"),
     ("target: {}", "`ablation.target` must be the keys a fix list changes, with their new values, got {}"),
     ("target: {momentum: 0.9}", "`ablation.target.momentum` is not in the study"),
-    ("target: {lr: fast}", "`ablation.target.lr` must be a number, got 'fast'"),
+    ("target: {lr: fast}", "`ablation.target.lr` must be a number > 0, got 'fast'"),
 ])
 def test_a_bad_target_exits_2_and_writes_nothing(workdir: Path, capsys: pytest.CaptureFixture[str],
                                                  section: str, message: str) -> None:

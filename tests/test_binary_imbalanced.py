@@ -143,9 +143,9 @@ def test_width_and_heads_that_cannot_go_together_exit_2_before_anything_runs(
 
 
 @pytest.mark.parametrize(("task", "config", "message"), [
-    ("binary_imbalanced", "{positive_share: 1.0}", "positive_share must be between 0 and 1 (exclusive), got 1.0"),
-    ("classify_many", "{classes: 100}", "classes must be 2-90 (the numbers 10-99), got 100"),
-    ("classify_many", "{min_per_class: 9, max_per_class: 4}", "min_per_class must be >= 1 and <= max_per_class"),
+    ("binary_imbalanced", "{positive_share: 1.0}", "positive_share` must be a number > 0 and < 1, got 1.0"),
+    ("classify_many", "{classes: 100}", "classes` must be an integer from 2 to 90, got 100"),
+    ("classify_many", "{min_per_class: 9, max_per_class: 4}", "min_per_class must be <= max_per_class, got 9 and 4"),
 ])
 def test_values_a_task_cannot_run_exit_2_in_a_study_and_a_training_config(
         workdir: Path, capsys: pytest.CaptureFixture[str], task: str, config: str, message: str) -> None:

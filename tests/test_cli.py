@@ -34,7 +34,7 @@ def _bad_run(workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
         (TINY_STUDY.replace("name: tiny", "name: x").replace("high: 1.0e-2", "high: 1.0e-4"),
          "`params.lr.low` must be <= `params.lr.high`, got low=0.001, high=0.0001"),
         (TINY_STUDY.replace("name: tiny", "name: x").replace("low: 1.0e-3", "low: 0.0"),
-         "`params.lr.low` must be > 0 when `log: true`, got 0.0"),
+         "`params.lr.low` must be within what lr accepts: a number > 0, got 0.0"),
         (TINY_STUDY.replace("name: tiny", "name: x").replace("task: ctc_digits", "task: mnist"),
          "`task` must be one of binary_imbalanced, classify_many, ctc_digits or module:function, got 'mnist'"),
         (TINY_STUDY.replace("name: tiny", "name: x").replace("type: tpe", "type: bayes"),
@@ -91,7 +91,8 @@ def test_real_command_line_bad_input(workdir: Path) -> None:
     """The installed entry point, in a real process: no traceback, exit 2, one line."""
     proc = run_cli("run", "tiny", "--set", "dropout=lots", cwd=workdir)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["sweeper: error: --set dropout=lots: dropout must be a number"]
+    assert proc.stderr.strip().splitlines() == [
+        "sweeper: error: --set dropout=lots: dropout must be a number >= 0 and < 1"]
     assert not (workdir / "results").exists()
 
 

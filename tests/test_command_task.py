@@ -122,7 +122,7 @@ def test_the_example_in_command_mode_is_diagnosed_as_dead_gradients(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("edit", "match"), [
-    (("{lr}", "{lrr}"), "`task.command` must be placeholders naming keys of the study"),
+    (("{lr}", "{lrr}"), "`task.command` uses {lrr}, which is not a key of the study"),
     (("  grace: 5\n", "  grace: -1\n"), "`task.grace` must be seconds >= 0"),
     (("metric: accuracy\n", ""), "`metric` is required when `task` names a command"),
 ])

@@ -101,16 +101,24 @@ def test_low_high_boundary(low: float, high: float, ok: bool) -> None:
             params__lr__high=high)
 
 
-@pytest.mark.parametrize(("low", "ok"), [(1e-12, True), (0.0, False), (-1.0, False)])
+@pytest.mark.parametrize(("low", "ok"), [(1e-12, True), (0.0, False)])
 def test_log_needs_positive_low(low: float, ok: bool) -> None:
+    # weight_decay accepts 0: what refuses it here is the log scale
+    decay = {"type": "float", "low": low, "high": 0.1, "log": True}
     if ok:
-        spec_with(params__lr__low=low)
+        spec_with(params__weight_decay=decay)
     else:
-        bad(r"`params.lr.low` must be > 0 when `log: true`, got", params__lr__low=low)
+        bad(r"`params.weight_decay.low` must be > 0 when `log: true`, got", params__weight_decay=decay)
 
 
 def test_log_false_allows_zero_low() -> None:
-    spec_with(params__lr__low=0.0, params__lr__log=False)
+    spec_with(params__weight_decay={"type": "float", "low": 0.0, "high": 0.1})
+
+
+@pytest.mark.parametrize("low", [0.0, -1.0])
+def test_a_searched_range_is_held_to_what_the_key_accepts(low: float) -> None:
+    bad(r"`params.lr.low` must be within what lr accepts: a number > 0, got", params__lr__low=low,
+        params__lr__log=False)
 
 
 @pytest.mark.parametrize(("step", "ok"), [(1, True), (0, False), (-1, False), (1.5, False)])
@@ -176,8 +184,8 @@ def test_unknown_keys_with_did_you_mean(changes: dict[str, Any], match: str) -> 
         ({"budget__timeout": 0}, r"`budget.timeout` must be a number of seconds > 0"),
         ({"budget": _DELETE}, r"missing required key `budget`"),
         ({"name": "a b"}, r"`name` must be a name of letters"),
-        ({"fixed__batch_size": 1.5}, r"`fixed.batch_size` must be an integer, got 1.5"),
-        ({"fixed__clip_norm": "off"}, r"`fixed.clip_norm` must be a number or null, got 'off'"),
+        ({"fixed__batch_size": 1.5}, r"`fixed.batch_size` must be an integer >= 1, got 1.5"),
+        ({"fixed__clip_norm": "off"}, r"`fixed.clip_norm` must be a number > 0 or null, got 'off'"),
         ({"fixed__lr": 0.1, "params__lr": {"type": "float", "low": 0.1, "high": 1.0}}, r"not also under `fixed`"),
         ({"heartbeat": {"interval": 5, "grace": 5}}, r"`heartbeat.grace` must be an integer > heartbeat.interval"),
         ({"storage": "redis://x"}, r"unknown storage scheme 'redis'"),
@@ -340,3 +348,10 @@ def test_a_grid_budget_is_at_most_its_points(trials: int, ok: bool) -> None:
 def test_a_grid_of_more_than_the_limit_is_refused() -> None:
     bad(r"the grid of `sampler.type: grid` must have at most 100000 points, got 200001",
         sampler={"type": "grid"}, params={"seed": {"type": "int", "low": 0, "high": 200000}}, budget__trials=1)
+
+
+def test_the_readme_ranges_table_is_what_the_tasks_declare() -> None:
+    from sweeper.tasks import ranges_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert ranges_table() in readme

@@ -50,7 +50,7 @@ def test_train_rejects_a_bad_config(workdir: Path, capsys: pytest.CaptureFixture
     path = workdir / "bad.yaml"
     path.write_text("task: ctc_digits\nconfig: {lr: fast}\n")
     assert main(["train", str(path)]) == 2
-    assert "`config.lr` must be a number, got fast" in capsys.readouterr().err
+    assert "`config.lr` must be a number > 0, got fast" in capsys.readouterr().err
     path.write_text("task: ctc_digits\nconfig: {lrate: 0.1}\n")
     assert main(["train", str(path)]) == 2
     assert "unknown key `config.lrate`" in capsys.readouterr().err
@@ -79,4 +79,4 @@ def test_export_template_with_an_unknown_key_exits_2(workdir: Path, capsys: pyte
     spec = workdir / "studies" / "tiny.yaml"
     spec.write_text(spec.read_text() + 'export:\n  command: "python train.py --learning-rate {learning_rate}"\n')
     assert main(["export", "tiny"]) == 2
-    assert "`export.command` uses {learning_rate}, which is not a key of task ctc_digits" in capsys.readouterr().err
+    assert "`export.command` uses {learning_rate}, which is not a key of the study" in capsys.readouterr().err

@@ -18,4 +18,16 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "EvalResult", "KeyType", "Task", "TaskRun", "get_task"]
+def ranges_table() -> str:
+    """What every key of the built-in tasks accepts, as the README's markdown table."""
+    rows: dict[tuple[str, str], list[str]] = {}
+    for name in sorted(TASKS):
+        for key, ktype in get_task(name).key_types.items():
+            rows.setdefault((key, ktype.describe()), []).append(name)
+    lines = ["| key | accepts | tasks |", "|---|---|---|"]
+    for (key, accepts), tasks in sorted(rows.items()):
+        lines.append(f"| `{key}` | {accepts} | {', '.join(tasks) if len(tasks) < len(TASKS) else 'all'} |")
+    return "\n".join(lines)
+
+
+__all__ = ["TASKS", "EvalResult", "KeyType", "Task", "TaskRun", "get_task", "ranges_table"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,19 +17,40 @@ class KeyType:
     """What a config key accepts: ``kind`` is float, int, str, bool or any.
 
     ``nullable`` keys accept ``null``; ``choices`` (if set) lists every value allowed.
+    Numbers must be finite and lie in the range ``low``..``high`` (either may be None: no
+    bound; ``low_open``/``high_open`` exclude the bound itself). The range is declared once,
+    by whoever reads the key (a task, ``fit()``), and every way a value arrives is held to
+    it: ``fixed``, each end of a searched range, ``--set``, ``sweeper train`` configs.
     """
 
     kind: str
     nullable: bool = False
     choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
 
     def describe(self) -> str:
         if self.choices is not None:
             allowed = ", ".join(show_value(c) for c in self.choices)
         else:
             allowed = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false",
-                       "any": "any value"}[self.kind]
+                       "any": "any value"}[self.kind] + self._range_text()
         return f"{allowed} or null" if self.nullable else allowed
+
+    def _range_text(self) -> str:
+        if self.kind not in ("float", "int") or (self.low is None and self.high is None):
+            return ""
+        low, high = (None if b is None else show_value(int(b) if float(b).is_integer() else b)
+                     for b in (self.low, self.high))
+        if high is None:
+            return f" {'>' if self.low_open else '>='} {low}"
+        if low is None:
+            return f" {'<' if self.high_open else '<='} {high}"
+        if not self.low_open and not self.high_open:
+            return f" from {low} to {high}"
+        return (f" {'>' if self.low_open else '>='} {low} and {'<' if self.high_open else '<='} {high}")
 
     def accepts(self, value: Any) -> bool:
         if self.kind == "any":
@@ -41,12 +63,39 @@ class KeyType:
                 and float(value) in self.choices
             )
         if self.kind == "float":
-            return isinstance(value, int | float) and not isinstance(value, bool)
+            return isinstance(value, int | float) and not isinstance(value, bool) and self._in_range(value)
         if self.kind == "int":
-            return isinstance(value, int) and not isinstance(value, bool)
+            return isinstance(value, int) and not isinstance(value, bool) and self._in_range(value)
         if self.kind == "bool":
             return isinstance(value, bool)
         return isinstance(value, str)
+
+    def _in_range(self, value: int | float) -> bool:
+        try:
+            x = float(value)
+        except OverflowError:  # an integer past a float's range
+            x = math.inf if value > 0 else -math.inf
+        if self.kind == "float" and not math.isfinite(x):
+            return False
+        if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
+            return False
+        return self.high is None or not (x > self.high or (self.high_open and x == self.high))
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False, nullable: bool = False) -> KeyType:
+    """A float key in a range (see ``KeyType``)."""
+    return KeyType("float", nullable=nullable, low=low, high=high, low_open=low_open, high_open=high_open)
+
+
+def integer(low: int | None = None, high: int | None = None, *, nullable: bool = False) -> KeyType:
+    """An integer key in ``low``..``high`` (both included)."""
+    return KeyType("int", nullable=nullable, low=low, high=high)
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+SEED = integer(0, SEED_MAX)
+PROBABILITY_BELOW_1 = number(0, 1, high_open=True)  # a dropout: 1 would drop everything
 
 
 def show_value(value: Any) -> str:
@@ -72,8 +121,8 @@ SCHEDULE_DEFAULTS: Mapping[str, Any] = {
     "plateau_patience": 2,    # plateau: evaluations without improvement before halving the lr
 }
 SCHEDULE_KEY_TYPES: Mapping[str, KeyType] = {
-    "schedule": KeyType("str", choices=SCHEDULES), "restart_epochs": KeyType("float"),
-    "restart_mult": KeyType("int"), "plateau_patience": KeyType("int"),
+    "schedule": KeyType("str", choices=SCHEDULES), "restart_epochs": number(0, low_open=True),
+    "restart_mult": integer(1), "plateau_patience": integer(0),
 }
 
 # the keys fit() reads for every built-in task, with their usual defaults
@@ -87,8 +136,9 @@ FIT_DEFAULTS: Mapping[str, Any] = {
     **SCHEDULE_DEFAULTS,
 }
 FIT_KEY_TYPES: Mapping[str, KeyType] = {
-    "lr": KeyType("float"), "warmup_epochs": KeyType("float"), "clip_norm": KeyType("float", nullable=True),
-    "weight_decay": KeyType("float"), "seed": KeyType("int"), "patience": KeyType("int", nullable=True),
+    "lr": number(0, low_open=True), "warmup_epochs": number(0), "clip_norm": number(0, low_open=True, nullable=True),
+    "weight_decay": number(0), "seed": SEED, "patience": integer(1, nullable=True),
+    "epochs": integer(1), "batch_size": integer(1),
     **SCHEDULE_KEY_TYPES,
 }
 

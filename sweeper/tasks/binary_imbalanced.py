@@ -36,7 +36,19 @@ from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
 from ..losses import classification_loss
-from .base import FIT_DEFAULTS, FIT_KEY_TYPES, EvalResult, KeyType, ShuffledRun, Task, TaskRun
+from .base import (
+    FIT_DEFAULTS,
+    FIT_KEY_TYPES,
+    PROBABILITY_BELOW_1,
+    SEED,
+    EvalResult,
+    KeyType,
+    ShuffledRun,
+    Task,
+    TaskRun,
+    integer,
+    number,
+)
 from .ctc_digits import _digit_images, split_sources
 
 POSITIVE_DIGIT = 9
@@ -106,11 +118,7 @@ class FusionTransformer(nn.Module):
 
 def config_error(config: Mapping[str, Any]) -> str | None:
     """Why ``config`` cannot run (``Task.config_error``), else None."""
-    width, heads, share = config["width"], config["heads"], config["positive_share"]
-    if not 0 < share < 1:
-        return f"positive_share must be between 0 and 1 (exclusive), got {share}"
-    if width < 1 or heads < 1:
-        return f"width and heads must be >= 1, got width {width} and heads {heads}"
+    width, heads = config["width"], config["heads"]
     return f"width must be a multiple of heads, got width {width} and heads {heads}" if width % heads else None
 
 
@@ -207,11 +215,11 @@ class BinaryImbalanced(Task):
     @property
     def key_types(self) -> Mapping[str, KeyType]:
         return {
-            **FIT_KEY_TYPES, "dropout": KeyType("float"), "width": KeyType("int"), "depth": KeyType("int"),
-            "heads": KeyType("int"), "modality_dropout": KeyType("float"), "aux_weight": KeyType("float"),
-            "loss": KeyType("str", choices=LOSSES), "focal_gamma": KeyType("float"),
-            "weighted_sampler": KeyType("bool"), "epochs": KeyType("int"), "batch_size": KeyType("int"),
-            "data_seed": KeyType("int"), "positive_share": KeyType("float"), "noise": KeyType("float"),
+            **FIT_KEY_TYPES, "dropout": PROBABILITY_BELOW_1, "width": integer(1), "depth": integer(1),
+            "heads": integer(1), "modality_dropout": number(0, 1), "aux_weight": number(0),
+            "loss": KeyType("str", choices=LOSSES), "focal_gamma": number(0),
+            "weighted_sampler": KeyType("bool"), "data_seed": SEED,
+            "positive_share": number(0, 1, low_open=True, high_open=True), "noise": number(0),
         }
 
     def config_error(self, config: Mapping[str, Any]) -> str | None:

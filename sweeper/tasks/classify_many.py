@@ -27,7 +27,19 @@ import torch
 from torch import nn
 
 from ..losses import CLASSIFICATION_LOSSES, classification_loss
-from .base import FIT_DEFAULTS, FIT_KEY_TYPES, EvalResult, KeyType, ShuffledRun, Task, TaskRun
+from .base import (
+    FIT_DEFAULTS,
+    FIT_KEY_TYPES,
+    PROBABILITY_BELOW_1,
+    SEED,
+    EvalResult,
+    KeyType,
+    ShuffledRun,
+    Task,
+    TaskRun,
+    integer,
+    number,
+)
 from .ctc_digits import _digit_images, split_sources
 
 FEATURES = 8 * 16
@@ -88,13 +100,9 @@ class MLP(nn.Module):
 
 def config_error(config: Mapping[str, Any]) -> str | None:
     """Why ``config`` cannot run (``Task.config_error``), else None."""
-    classes, low, high = config["classes"], config["min_per_class"], config["max_per_class"]
-    if not 2 <= classes <= 90:
-        return f"classes must be 2-90 (the numbers 10-99), got {classes}"
-    if not 1 <= low <= high:
-        return f"min_per_class must be >= 1 and <= max_per_class, got {low} and {high}"
-    if config["val_per_class"] < 1:
-        return f"val_per_class must be >= 1, got {config['val_per_class']}"
+    low, high = config["min_per_class"], config["max_per_class"]
+    if low > high:
+        return f"min_per_class must be <= max_per_class, got {low} and {high}"
     return None
 
 
@@ -171,12 +179,10 @@ class ClassifyMany(Task):
     @property
     def key_types(self) -> Mapping[str, KeyType]:
         return {
-            **FIT_KEY_TYPES, "dropout": KeyType("float"), "width": KeyType("int"),
-            "depth": KeyType("int"), "loss": KeyType("str", choices=CLASSIFICATION_LOSSES),
-            "focal_gamma": KeyType("float"), "epochs": KeyType("int"), "batch_size": KeyType("int"),
-            "data_seed": KeyType("int"),
-            "classes": KeyType("int"), "min_per_class": KeyType("int"),
-            "max_per_class": KeyType("int"), "val_per_class": KeyType("int"),
+            **FIT_KEY_TYPES, "dropout": PROBABILITY_BELOW_1, "width": integer(1), "depth": integer(0),
+            "loss": KeyType("str", choices=CLASSIFICATION_LOSSES), "focal_gamma": number(0),
+            "data_seed": SEED, "classes": integer(2, 90),  # the two-digit numbers 10-99
+            "min_per_class": integer(1), "max_per_class": integer(1), "val_per_class": integer(1),
         }
 
     def config_error(self, config: Mapping[str, Any]) -> str | None:

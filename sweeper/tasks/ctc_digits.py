@@ -28,10 +28,23 @@ import torch
 from torch import nn
 
 from ..losses import CTC_LOSSES, ctc_loss
-from .base import SCHEDULE_DEFAULTS, SCHEDULE_KEY_TYPES, EvalResult, KeyType, ShuffledRun, Task, TaskRun
+from .base import (
+    FIT_KEY_TYPES,
+    PROBABILITY_BELOW_1,
+    SCHEDULE_DEFAULTS,
+    SEED,
+    EvalResult,
+    KeyType,
+    ShuffledRun,
+    Task,
+    TaskRun,
+    integer,
+    number,
+)
 
 HEIGHT = 10  # 8 pixel rows plus 2 rows of vertical jitter
 DIGIT_WIDTH = 8
+MIN_DIGITS = 3  # the shortest strip, in digits
 
 # name -> (conv channels, LSTM hidden size per direction, LSTM layers)
 MODEL_SIZES: dict[str, tuple[int, int, int]] = {
@@ -128,7 +141,7 @@ def make_strips(
     *,
     source: np.ndarray,
     rng: np.random.Generator,
-    min_digits: int = 3,
+    min_digits: int = MIN_DIGITS,
     max_digits: int = 7,
     max_gap: int = 3,
     noise: float = 0.05,
@@ -334,24 +347,16 @@ class CTCDigits(Task):
     @property
     def key_types(self) -> Mapping[str, KeyType]:
         return {
-            "lr": KeyType("float"),
-            "warmup_epochs": KeyType("float"),
-            "clip_norm": KeyType("float", nullable=True),
-            "weight_decay": KeyType("float"),
-            "dropout": KeyType("float"),
+            **FIT_KEY_TYPES,
+            "dropout": PROBABILITY_BELOW_1,
             "model_size": KeyType("str", choices=tuple(MODEL_SIZES)),
             "loss": KeyType("str", choices=CTC_LOSSES),
-            "label_smoothing": KeyType("float"),
+            "label_smoothing": number(0, 1),
             "downsample": KeyType("int", choices=(1, 2, 4, 8, 16, 32)),
-            "epochs": KeyType("int"),
-            "batch_size": KeyType("int"),
-            "seed": KeyType("int"),
-            "patience": KeyType("int", nullable=True),
-            **SCHEDULE_KEY_TYPES,
-            "data_seed": KeyType("int"),
-            "train_strips": KeyType("int"),
-            "val_strips": KeyType("int"),
-            "max_digits": KeyType("int"),
+            "data_seed": SEED,
+            "train_strips": integer(1),
+            "val_strips": integer(1),
+            "max_digits": integer(MIN_DIGITS),  # every strip holds MIN_DIGITS to max_digits digits
         }
 
     def setup(self, config: Mapping[str, Any], device: torch.device) -> TaskRun:
