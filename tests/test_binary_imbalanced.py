@@ -110,6 +110,7 @@ def test_heads_must_divide_width() -> None:
         task.setup({**task.defaults, "width": 32, "heads": 3}, torch.device("cpu"))
 
 
+@pytest.mark.slow  # the shipped study file end to end (CI runs it); tiny studies of the task run by default
 def test_the_study_file_runs_on_a_small_budget(tmp_path: Path) -> None:
     study = run_study_file("binary_imbalanced", tmp_path, trials=3, epochs=3)
     assert {"width", "depth", "heads", "modality_dropout", "schedule", "aux_weight", "patience", "loss",

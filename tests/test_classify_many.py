@@ -51,6 +51,7 @@ def test_a_high_learning_rate_collapses_the_classes_and_the_monitor_says_so() ->
     assert caught.value.verdict.reason.value == "class_collapse"
 
 
+@pytest.mark.slow  # the shipped study file end to end (CI runs it); tiny studies of the task run by default
 def test_the_study_file_runs_on_a_small_budget(tmp_path: Path) -> None:
     study = run_study_file("classify_many", tmp_path, trials=3, epochs=4)
     assert {"lr", "loss", "width", "depth"} <= set(study.trials[0].params)

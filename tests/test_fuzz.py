@@ -19,7 +19,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz") / "case"
 
 
-SETTINGS = settings(max_examples=40, deadline=None, database=None, derandomize=True,
+SETTINGS = settings(max_examples=30, deadline=None, database=None, derandomize=True,
                     suppress_health_check=list(HealthCheck))
 
 
