@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,21 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit code: 0 done, 1 a run failed, 2 bad input, 130 interrupted."""
-    from .interrupts import INTERRUPT, install_interrupt_handlers, is_main_thread
+    from .interrupts import handling
 
-    main_thread = is_main_thread()
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    if main_thread:  # first: a Ctrl-C while torch imports is an interrupt, not a traceback
-        INTERRUPT.reset(armed=True)
-        install_interrupt_handlers()
-    try:
+    # first: a Ctrl-C while torch imports is an interrupt, not a traceback. Called in-process
+    # with arguments (tests, notebooks), the caller's handlers come back after; as the program
+    # (argv None) they stay, so a Ctrl-C on the way out is no traceback either
+    with handling(armed=True, restore=argv is not None):
         return _main(argv)
-    finally:
-        # called in-process with arguments (tests, notebooks): the caller's handlers come back;
-        # as the program (argv None) they stay, so a Ctrl-C on the way out is no traceback
-        if main_thread and argv is not None:
-            signal.signal(signal.SIGINT, previous[0])
-            signal.signal(signal.SIGTERM, previous[1])
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -9,12 +9,12 @@ import sys
 
 import optuna
 
-from .errors import SweepFailed, UserError
+from .errors import SweepFailed, UserError, first_line, save_traceback
 from .export import best_trials, export_best
 from .interrupts import INTERRUPT
 from .report import write_results
 from .run_config import load_training_config, start_weights, train_config
-from .spec import StudySpec, check_storage_url, load_spec, name_error, one_line, parse_overrides
+from .spec import StudySpec, load_spec, name_error, one_line, parse_overrides
 from .storage import check_storage, check_writable, open_storage
 from .sweep import Sweep, SweepOutcome, results_dir, state_counts
 
@@ -22,8 +22,6 @@ from .sweep import Sweep, SweepOutcome, results_dir, state_counts
 def _load(args: argparse.Namespace) -> tuple[StudySpec, str, str]:
     spec = load_spec(args.study)
     storage = spec.default_storage() if args.storage is None else args.storage
-    if args.storage is not None:
-        check_storage_url(args.storage, where="--storage")
     check_storage(storage)
     name = spec.name if args.study_name is None else args.study_name
     if args.study_name is not None and (error := name_error(args.study_name)):
@@ -196,27 +194,21 @@ def cmd_train(args: argparse.Namespace, *, resume_argv: str) -> int:
     from .train import check_device
 
     tc = load_training_config(args.config, args.overrides)
+    folder = args.out or tc.path.with_suffix(".run")
     check_device(args.device)
-    check_writable(args.out or tc.path.with_suffix(".run"), what="run folder")
+    check_writable(folder, what="run folder")
     init_from = start_weights(tc, args.from_checkpoint)
     try:
-        train_config(tc, out_dir=args.out, device=args.device, init_from=init_from)
+        train_config(tc, out_dir=folder, device=args.device, init_from=init_from)
     except KeyboardInterrupt:
         print(f"interrupted: the last checkpoint is kept; resume with: {resume_argv}", file=sys.stderr)
         return 130
     except (UserError, SweepFailed):
         raise
     except Exception as e:  # the training itself failed: one line, the traceback kept in the run folder
-        import traceback
-
-        folder = args.out or tc.path.with_suffix(".run")
-        where = ""
-        with contextlib.suppress(OSError):
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "traceback.txt").write_text(traceback.format_exc())
-            where = f"; traceback in {folder / 'traceback.txt'}"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise SweepFailed(f"training failed: {type(e).__name__}: {first}{where}") from None
+        kept = folder / "traceback.txt"
+        where = f"; traceback in {kept}" if save_traceback(kept) else ""
+        raise SweepFailed(f"training failed: {type(e).__name__}: {first_line(e)}{where}") from None
     return 0
 
 

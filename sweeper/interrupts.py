@@ -74,9 +74,22 @@ def install_interrupt_handlers() -> None:
     signal.signal(signal.SIGTERM, INTERRUPT.handler)
 
 
-def handlers_installed() -> bool:
-    """Whether this process's signals already go to ``INTERRUPT`` (the CLI installs them first)."""
-    return signal.getsignal(signal.SIGINT) == INTERRUPT.handler
+@contextlib.contextmanager
+def handling(*, armed: bool = False, restore: bool = True) -> Iterator[None]:
+    """SIGINT and SIGTERM go to a fresh ``INTERRUPT`` (``armed`` or not) while the block runs,
+    and the previous handlers come back after it when ``restore``. Handlers can only be set
+    from the main thread: elsewhere only the flag is reset."""
+    INTERRUPT.reset(armed=armed)
+    main = is_main_thread()
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    if main:
+        install_interrupt_handlers()
+    try:
+        yield
+    finally:
+        if main and restore:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
 
 
 def is_main_thread() -> bool:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .integrations import CommandTask, FunctionTask, import_function, is_function_ref
 from .spec import _Loader, parse_scalar, read_yaml, show_value
 from .tasks import TASKS, get_task
@@ -144,15 +144,11 @@ def start_weights(tc: TrainingConfig, given: str | None) -> Path | None:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"--from-checkpoint: {path} is not a checkpoint torch can read "
-                        f"({type(e).__name__}: {_first_line(e)})") from None
+                        f"({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(state, dict) or not state:
         raise UserError(f"--from-checkpoint: {path} holds no weights (a best.pt or a state dict is expected)")
     return path
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 class CSVReporter:

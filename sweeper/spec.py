@@ -7,6 +7,7 @@ raised before anything is written (``UserError``, exit code 2).
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import itertools
 import math
 import re
@@ -493,8 +494,6 @@ def _parse_sampler(v: _Validator, raw: Any) -> SamplerSpec:
         v.fail("sampler.type", kind, ", ".join(SAMPLER_OPTIONS), hint=_did_you_mean(str(kind), SAMPLER_OPTIONS))
     allowed = SAMPLER_OPTIONS[kind]
     v.known_keys(doc, ("type", "seed", *allowed), "sampler.", noun=f"option of the {kind} sampler")
-    import importlib.util
-
     for package in SAMPLER_PACKAGES.get(kind, ()):  # else every trial would fail on the import
         if importlib.util.find_spec(package) is None:
             raise UserError(f"{v.path}: `sampler.type: {kind}` needs the {package} package, which is not "
@@ -629,8 +628,6 @@ def _check_template(v: _Validator, key: str, template: str, types: Mapping[str, 
 
 
 def _parse_trackers(v: _Validator, raw: Any) -> TrackersSpec:
-    import importlib.util
-
     doc = v.mapping(raw, "trackers")
     v.known_keys(doc, ("tensorboard", "mlflow"), "trackers.")
     tb = doc.get("tensorboard", "auto")

@@ -13,7 +13,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend
 
 from . import _optuna_warnings  # noqa: F401  (silences Optuna's experimental warnings)
-from .errors import UserError
+from .errors import UserError, first_line
 from .spec import HeartbeatSpec, check_storage_url
 
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another worker's lock
@@ -77,7 +77,7 @@ def open_storage(url: str, heartbeat: HeartbeatSpec | None = None, *, retries: i
             return JournalStorage(JournalFileBackend(str(journal)))
         except Exception as e:  # the log is replayed on opening: a damaged line fails here
             raise UserError(f"storage {url}: {journal} is not an Optuna journal or is damaged "
-                            f"({type(e).__name__}: {_first_line(e)}); move it away or restore it from a copy") from None
+                            f"({type(e).__name__}: {first_line(e)}); move it away or restore it from a copy") from None
 
     db = sqlite_path(url)
     engine_kwargs: dict = {}
@@ -118,7 +118,7 @@ def open_storage(url: str, heartbeat: HeartbeatSpec | None = None, *, retries: i
         raise UserError(f"storage {url}: missing database driver ({e}); "
                         "for PostgreSQL install sweeper[postgres]") from None
     except Exception as e:  # sqlalchemy raises many kinds for unreachable or refused servers
-        raise UserError(f"cannot open storage {url}: {_first_line(e)}") from None
+        raise UserError(f"cannot open storage {url}: {first_line(e) or type(e).__name__}") from None
 
 
 def check_sqlite_file(db: Path, url: str, *, create: bool) -> None:
@@ -142,7 +142,7 @@ def check_sqlite_file(db: Path, url: str, *, create: bool) -> None:
         raise UserError(f"storage {url}: {db} is not an SQLite database or is damaged ({e}); "
                         "move it away to start anew, or restore it from a copy") from None
     if verdict != ["ok"]:
-        raise UserError(f"storage {url}: {db} is damaged (SQLite's check: {_first_line('; '.join(verdict))}); "
+        raise UserError(f"storage {url}: {db} is damaged (SQLite's check: {first_line('; '.join(verdict))}); "
                         "move it away to start anew, or restore it from a copy")
     if tables and "studies" not in tables:
         raise UserError(f"storage {url}: {db} is an SQLite database of something else "
@@ -184,14 +184,9 @@ def _require_tables(url: str) -> None:
         raise UserError(f"storage {url}: missing database driver ({e}); "
                         "for PostgreSQL install sweeper[postgres]") from None
     except Exception as e:
-        raise UserError(f"cannot open storage {url}: {_first_line(e)}") from None
+        raise UserError(f"cannot open storage {url}: {first_line(e) or type(e).__name__}") from None
     if not present:
         raise UserError(f"storage {url} holds no study (no Optuna tables in that database)")
-
-
-def _first_line(e: BaseException | str) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else (type(e).__name__ if isinstance(e, BaseException) else "")
 
 
 def study_exists(storage: BaseStorage, name: str) -> bool:

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -23,11 +22,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import _optuna_warnings  # noqa: F401  (silences Optuna's experimental warnings)
 from .budget_lock import BudgetLock
-from .errors import SweepFailed, UserError
+from .errors import SweepFailed, UserError, first_line, save_traceback
 from .health import HealthMonitor, HealthPruned, diagnose
 from .integrations import CommandTask, FunctionTask, load_task
 from .integrations.trackers import MLflowTracker, TensorBoardTracker, Trackers, tensorboard_available
-from .interrupts import INTERRUPT, install_interrupt_handlers, is_main_thread
+from .interrupts import INTERRUPT, handling
 from .pruning import GuardedHyperband, ProgressPruner, WarmupGuard
 from .sampling import FeasibleTPESampler
 from .space import trial_config
@@ -308,11 +307,11 @@ class Sweep:
             trial.set_user_attr("error", "interrupted")
             raise
         except Exception as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {_first_line(e)}")
+            trial.set_user_attr("error", f"{type(e).__name__}: {first_line(e)}")
             trial.set_user_attr("epochs_run", reporter.epochs)
             if not is_out_of_memory(e):
                 raise
-            out_of_memory = _first_line(e)
+            out_of_memory = first_line(e)
             trial.set_user_attr("health.reason", OOM)
             trial.set_user_attr("health.detail", f"out of memory in epoch {reporter.epochs}: {out_of_memory}")
         if out_of_memory is not None:
@@ -329,16 +328,12 @@ class Sweep:
 
     def _keep_traceback(self, trial: optuna.Trial) -> None:
         """The failed trial's traceback, in a file its trial line names (not on the terminal)."""
-        import traceback
-
         path = self.results / "logs" / f"trial-{trial.number}.traceback"
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(traceback.format_exc())
+        if save_traceback(path):
             trial.set_user_attr("traceback", str(path))
         if trial.user_attrs.get("error") is None:  # failed outside the training itself
             e = sys.exc_info()[1]
-            trial.set_user_attr("error", f"{type(e).__name__}: {_first_line(e)}" if e else "unknown error")
+            trial.set_user_attr("error", f"{type(e).__name__}: {first_line(e)}" if e else "unknown error")
 
     def checkpoint_dir(self, number: int) -> Path | None:
         """Where trial ``number`` keeps its best weights (None when the study keeps none)."""
@@ -402,19 +397,12 @@ class Sweep:
 
     def run(self) -> SweepOutcome:
         # signals are taken over before the storage is touched: from here a Ctrl-C waits for
-        # the write it lands in, and the loop below stops at its next safe point
-        main_thread = is_main_thread()  # signal handlers can only be set from the main thread
-        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-        INTERRUPT.reset()
-        if main_thread:
-            install_interrupt_handlers()
-        try:
-            study = self.open()
-        except BaseException:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous[0])
-                signal.signal(signal.SIGINT, previous[1])
-            raise
+        # the write it lands in, and the loop stops at its next safe point
+        with handling():
+            return self._run()
+
+    def _run(self) -> SweepOutcome:
+        study = self.open()
         self._lock = BudgetLock(self.storage_url, self.study_name)
         outcome = SweepOutcome(study=study)
         bar = _progress_bar(self.budget, len(study.get_trials(deepcopy=False, states=FINISHED)), self.progress)
@@ -496,9 +484,6 @@ class Sweep:
         finally:
             bar.close()
             self._lock.close()
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous[0])
-                signal.signal(signal.SIGINT, previous[1])
         outcome.counts = state_counts(study)
         return outcome
 
@@ -530,7 +515,7 @@ class _UserCallback:
             self.fn(study, trial)
         except Exception as e:
             raise SweepFailed(f"callback {self.ref} raised after trial {trial.number}: "
-                              f"{type(e).__name__}: {_first_line(e)}") from None
+                              f"{type(e).__name__}: {first_line(e)}") from None
 
 
 def _existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
@@ -584,11 +569,6 @@ def error_summary(failed: Sequence[FrozenTrial], kinds: int = 3) -> str:
     if len(ranked) > kinds:
         parts.append(f"and {len(ranked) - kinds} other errors")
     return "; ".join(parts)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def worker_id() -> str:

@@ -118,7 +118,6 @@ class Case:
 
     argv: list[str]
     files: dict[str, bytes] = field(default_factory=dict)
-    folders: tuple[str, ...] = ()
 
     def show(self) -> str:
         shown = {k: v[:2000] for k, v in self.files.items()}
@@ -222,9 +221,6 @@ def text_damage(draw: st.DrawFn, text: str) -> bytes:
     elif kind == "nul":
         data = data.replace(b"\n", b"\x00\n", 1)
     return data
-
-
-FIXTURE_FILES = ("junk.db", "empty.db", "trunc.db", "junk.log", "empty.log", "junk.pt", "folder", "ro")
 
 
 @st.composite
