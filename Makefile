@@ -23,11 +23,13 @@ TRIALS  ?=
 STORAGE ?=
 WORKERS ?=
 GPUS    ?=
+DASK    ?=
 SEEDS   ?=
 CONFIG  ?= results/$(STUDY)/best.yaml
 ARGS    ?=
 
 RUN_FLAGS = $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
+            $(if $(DASK),--dask $(DASK)) \
             $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 .PHONY: setup sweep test test-all lint report export status train dashboard ablate bench clean
@@ -61,7 +63,7 @@ train: $(STAMP)
 	$(SWEEPER) train $(CONFIG) $(ARGS)
 
 ablate: $(STAMP)
-	$(SWEEPER) ablate $(STUDY) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(STORAGE),--storage $(STORAGE))
+	$(SWEEPER) ablate $(STUDY) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DASK),--dask $(DASK)) $(if $(STORAGE),--storage $(STORAGE))
 
 dashboard: $(STAMP)
 	$(SWEEPER) dashboard $(STUDY) $(if $(STORAGE),--storage $(STORAGE))
@@ -84,6 +86,7 @@ bench: $(STAMP)
 	$(PY) bench/report_speed.py
 	$(PY) bench/workers.py
 	$(PY) bench/pg_workers.py
+	$(PY) bench/ablation_workers.py --dask
 	$(PY) bench/fuzz.py --examples 2000 --seed 11
 
 clean:

@@ -46,9 +46,15 @@ _EXPORTS = {
     "get_task": ".tasks",
     "FitResult": ".train",
     "fit": ".train",
+    "AblationJob": ".workers",
+    "SweepJob": ".workers",
+    "run_workers": ".workers",
+    "Cluster": ".dask_workers",
+    "run_on_dask": ".dask_workers",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .dask_workers import Cluster, run_on_dask
     from .errors import SweepFailed, UserError
     from .export import export_best
     from .health import HealthMonitor, HealthPruned, Reason, Verdict
@@ -62,6 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sweep import Sweep, SweepOutcome, run_sweep
     from .tasks import EvalResult, KeyType, Task, TaskRun, get_task
     from .train import FitResult, fit
+    from .workers import AblationJob, SweepJob, run_workers
 
 
 def __getattr__(name: str) -> Any:
@@ -76,6 +83,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AblationJob",
+    "Cluster",
     "EvalResult",
     "FeasibleTPESampler",
     "FitResult",
@@ -89,6 +98,7 @@ __all__ = [
     "StudySpec",
     "Sweep",
     "SweepFailed",
+    "SweepJob",
     "SweepOutcome",
     "Task",
     "TaskRun",
@@ -104,7 +114,9 @@ __all__ = [
     "load_training_config",
     "parse_overrides",
     "parse_spec",
+    "run_on_dask",
     "run_sweep",
+    "run_workers",
     "suggest",
     "train_config",
     "trial_config",

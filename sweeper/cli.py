@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=int, help="the study's total budget of finished trials")
     run.add_argument("--workers", type=int, help="local worker processes sharing the study (default 1, or one a GPU)")
     run.add_argument("--gpus", help="`auto` or GPU indices like 0,1: each worker gets its own GPU")
+    run.add_argument("--dask", metavar="ADDRESS",
+                     help="place the workers on the Dask cluster at ADDRESS (tcp://host:8786) instead of here")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a fixed parameter or pin a searched one (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--trials", type=int, help="the study's total budget of finished trials")
     worker.add_argument("--workers", type=int, help="worker processes on this machine (default 1, or one a GPU)")
     worker.add_argument("--gpus", help="`auto` or GPU indices like 0,1: each worker gets its own GPU")
+    worker.add_argument("--dask", metavar="ADDRESS", help="place the workers on the Dask cluster at ADDRESS")
     worker.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     worker.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(or ablation.target), over seeds")
     _study_args(ablate)
     ablate.add_argument("--seeds", type=int, help="runs per cell (default: the file's ablation.seeds, else 3)")
+    ablate.add_argument("--workers", type=int, help="worker processes running the cells in parallel (default 1)")
+    ablate.add_argument("--dask", metavar="ADDRESS",
+                        help="run the cells on the Dask cluster at ADDRESS (tcp://host:8786)")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = sub.add_parser("train", help="train an exported config through the same fit()")

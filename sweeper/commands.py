@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import signal
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import optuna
 
@@ -40,8 +42,7 @@ def _existing(spec: StudySpec, storage: str, name: str) -> optuna.Study:
 def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
     spec, storage, name = _load(args)
     overrides = parse_overrides(spec, args.overrides)
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be an integer >= 1, got {args.workers}")
+    _check_workers(args)
     gpus = None
     if args.gpus is not None:
         import torch
@@ -49,14 +50,85 @@ def cmd_run(args: argparse.Namespace, *, resume_argv: str) -> int:
         from .workers import parse_gpus
 
         gpus = parse_gpus(args.gpus, torch.cuda.device_count())
-    workers = args.workers or (len(gpus) if gpus else 1)
     progress = False if args.no_progress else None
     sweep = Sweep(spec, overrides=overrides, storage=storage, study_name=name, trials=args.trials, progress=progress)
-    if workers > 1 or gpus:  # a GPU is given to a worker process through CUDA_VISIBLE_DEVICES
-        return _run_workers(workers, gpus, spec, storage, name, overrides, sweep, resume_argv)
+    with _cluster(args, storage) as cluster:  # last: every other input is checked before the network
+        workers = args.workers or (len(gpus) if gpus else cluster.slots() if cluster else 1)
+        if cluster is not None or workers > 1 or gpus:  # a GPU goes to a worker process as CUDA_VISIBLE_DEVICES
+            from .workers import SweepJob
+
+            job = SweepJob(str(spec.path.resolve()), overrides, storage, name, sweep.budget, sweep.progress)
+            with INTERRUPT.shielded():
+                # the storage and the study are created once, before the workers race to; a Ctrl-C
+                # from here on finds a study to write results for and to resume
+                sweep.open()
+            try:
+                ends = _place(job, workers, gpus, cluster)
+            finally:  # whatever became of the workers, the results hold what finished
+                _finish(_existing(spec, storage, name), spec, storage, name, sweep.budget,
+                        _placed(workers, gpus, cluster))
+            return _workers_exit(ends, resume_argv)
     outcome = sweep.run()
     folder = _finish(outcome.study, spec, storage, name, sweep.budget)
     return _exit_code(outcome, resume_argv, what="sweep", see=f"{folder}/trials.csv")
+
+
+def _check_workers(args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be an integer >= 1, got {args.workers}")
+    if getattr(args, "gpus", None) is not None and args.dask is not None:
+        raise UserError("--gpus names this machine's GPUs; on a Dask cluster, declare them as worker resources "
+                        "(dask worker --resources GPU=1) and each sweeper worker takes one")
+
+
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace, storage: str) -> Iterator[Any]:
+    """The Dask cluster of ``--dask``, connected and checked, closed after (None without it)."""
+    if args.dask is None:
+        yield None
+        return
+    from .dask_workers import CONNECT_TIMEOUT, Cluster
+
+    cluster = Cluster(args.dask)
+    try:
+        if args.workers is None:  # as many workers as the cluster runs at once
+            cluster.wait_for_a_worker(CONNECT_TIMEOUT)
+        cluster.check_storage(storage)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _place(job: Any, workers: int, gpus: list[int] | None, cluster: Any) -> list[tuple[int, str]]:
+    """Run ``workers`` copies of ``job`` here or on the Dask cluster; per worker its exit code
+    and the end of its stderr."""
+    if cluster is not None:
+        from .dask_workers import run_on_dask
+
+        return run_on_dask(cluster, job, workers)
+    from .workers import run_workers
+
+    return [(code, "") for code in run_workers(workers, job, gpus)]
+
+
+def _placed(workers: int, gpus: list[int] | None, cluster: Any) -> str:
+    """Where the workers ran, for the status line."""
+    if cluster is not None:
+        return f"; {workers} workers on the Dask cluster at {cluster.address}"
+    from .workers import assign_gpus
+
+    return f"; {workers} workers" + (" on GPUs " + ",".join(map(str, assign_gpus(workers, gpus))) if gpus else "")
+
+
+def _workers_exit(ends: list[tuple[int, str]], resume_argv: str) -> int:
+    from .workers import INTERRUPTED
+
+    if any(code == INTERRUPTED for code, _ in ends):
+        return _interrupted(resume_argv)
+    failed = [_worker_end(i, code, err) for i, (code, err) in enumerate(ends) if code]
+    if failed:
+        raise SweepFailed("; ".join(failed) + f"; the same command resumes: {resume_argv}")
+    return 0
 
 
 def _finish(study: optuna.Study, spec: StudySpec, storage: str, name: str, budget: int, note: str = "") -> str:
@@ -75,31 +147,11 @@ def _interrupted(resume_argv: str) -> int:
     return 130
 
 
-def _run_workers(workers: int, gpus: list[int] | None, spec: StudySpec, storage: str, name: str,
-                 overrides: dict[str, object], sweep: Sweep, resume_argv: str) -> int:
-    from .workers import INTERRUPTED, assign_gpus, run_workers
-
-    with INTERRUPT.shielded():
-        # the storage and the study are created once, before the workers race to; a Ctrl-C
-        # from here on finds a study to write results for and to resume
-        sweep.open()
-    note = f"; {workers} workers"
-    if gpus:
-        note += " on GPUs " + ",".join(map(str, assign_gpus(workers, gpus)))
-    codes = run_workers(workers, spec.path, overrides, storage, name, sweep.budget, sweep.progress, gpus)
-    _finish(_existing(spec, storage, name), spec, storage, name, sweep.budget, note)
-    if INTERRUPTED in codes:
-        return _interrupted(resume_argv)
-    failed = [_worker_end(i, code) for i, code in enumerate(codes) if code]
-    if failed:
-        raise SweepFailed("; ".join(failed) + f"; the same command resumes: {resume_argv}")
-    return 0
-
-
-def _worker_end(index: int, code: int) -> str:
+def _worker_end(index: int, code: int, err: str = "") -> str:
     if code < 0:
         return f"worker {index} was killed by {signal.Signals(-code).name}"
-    return f"worker {index} ended with exit code {code} (see its lines above)"
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    return f"worker {index} ended with exit code {code}" + (f": {last}" if last else " (see its lines above)")
 
 
 def _exit_code(outcome: SweepOutcome, resume_argv: str, *, what: str, see: str) -> int:
@@ -178,16 +230,37 @@ def cmd_ablate(args: argparse.Namespace, *, resume_argv: str) -> int:
         best = require_best(_existing(spec, storage, name), spec.direction)
         far, far_source = best.user_attrs["config"], f"the study's best trial ({best.number})"
     cells = design(baseline, far, end=end)
+    _check_workers(args)
     folder = results_dir(spec, name)
     sweep = AblationSweep(spec, cells, seeds, storage=storage, study_name=f"{name}-ablation", results=folder,
                           progress=False if args.no_progress else None)
-    print(f"ablation of {name}: {len(cells)} cells x {seeds} seeds; {end} = {far_source}; baseline = {source}")
+
+    def write_tables(study: optuna.Study) -> list[str]:
+        with INTERRUPT.shielded():  # the tables are written whole, whatever Ctrl-C comes now
+            table = ablation_table(study.get_trials(deepcopy=False), cells, seeds, spec.direction, end=end)
+            paths = write_ablation(table, ablation_markdown(table, spec, seeds, source, far_source, end=end), folder)
+            print("wrote " + ", ".join(map(str, paths)))
+        return [str(p) for p in paths]
+
+    with _cluster(args, storage) as cluster:
+        workers = args.workers or (cluster.slots() if cluster else 1)
+        print(f"ablation of {name}: {len(cells)} cells x {seeds} seeds; {end} = {far_source}; baseline = {source}"
+              + (_placed(workers, None, cluster) if workers > 1 or cluster else ""))
+        if cluster is not None or workers > 1:
+            from .workers import AblationJob
+
+            job = AblationJob(str(spec.path.resolve()), tuple(cells), seeds, storage, f"{name}-ablation",
+                              str(folder), sweep.progress)
+            with INTERRUPT.shielded():
+                sweep.open()  # created once, before the workers race to
+            try:
+                ends = _place(job, workers, None, cluster)
+            finally:  # whatever became of the workers, the tables hold what finished
+                write_tables(_existing(spec, storage, f"{name}-ablation"))
+            return _workers_exit(ends, resume_argv)
     outcome = sweep.run()
-    with INTERRUPT.shielded():  # the tables are written whole, whatever Ctrl-C comes now
-        table = ablation_table(outcome.study.get_trials(deepcopy=False), cells, seeds, spec.direction, end=end)
-        paths = write_ablation(table, ablation_markdown(table, spec, seeds, source, far_source, end=end), folder)
-        print("wrote " + ", ".join(map(str, paths)))
-    return _exit_code(outcome, resume_argv, what="ablation", see=str(paths[0]))
+    paths = write_tables(outcome.study)
+    return _exit_code(outcome, resume_argv, what="ablation", see=paths[0])
 
 
 def cmd_train(args: argparse.Namespace, *, resume_argv: str) -> int:

@@ -34,6 +34,7 @@ from .spec import StudySpec, grid_error, grid_space, make_callback
 from .storage import check_writable, open_storage, sqlite_path
 from .tasks.base import EvalResult, format_value, show_value
 from .train import fit
+from .workers import DASK_WORKER_ENV
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 INHERITED_ATTRS = ("error", "traceback", "health.reason", "health.detail", "health.step", "epochs_run", "history",
@@ -257,6 +258,8 @@ class Sweep:
             trial.set_user_attr("worker", worker_id())
             if os.environ.get("CUDA_VISIBLE_DEVICES"):
                 trial.set_user_attr("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
+            if os.environ.get(DASK_WORKER_ENV):  # placed by `--dask`: the Dask worker that started this process
+                trial.set_user_attr("dask_worker", os.environ[DASK_WORKER_ENV])
             trackers = self.trackers()
             trackers.start(trial.number, config)
             reporter = TrialReporter(trial, self.spec.metric, self.spec.pruner.type, trackers)

@@ -1,4 +1,13 @@
-"""Several local worker processes on one study (processes, not threads: training holds the GIL)."""
+"""Several local worker processes on one study (processes, not threads: training holds the GIL).
+
+Each worker is a spawned process that runs a ``WorkerJob`` (a sweep, or an ablation's runs)
+against the shared storage. Not joblib's loky pool: a sweep needs what a pool hides, namely
+one signal passed on to each worker (which fails its running trial and queues the retry),
+each worker's own exit code (a worker killed by SIGKILL is named), and a
+``CUDA_VISIBLE_DEVICES`` set per process before it starts. Loky reuses its processes and
+stops them with a kill on Ctrl-C, which would leave every running trial for the heartbeat
+to find. On a Dask cluster, ``sweeper.dask_workers`` places the same jobs through joblib.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +17,18 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from .ablation import Cell
+    from .sweep import Sweep
+
 INTERRUPTED = 130
+DASK_WORKER_ENV = "SWEEPER_DASK_WORKER"  # the Dask worker that started a worker process (`--dask`)
 
 
 def threads_per_worker(workers: int) -> int:
@@ -45,24 +60,70 @@ def assign_gpus(workers: int, gpus: Sequence[int]) -> list[int]:
     return [gpus[i % len(gpus)] for i in range(workers)]
 
 
-def _worker_main(index: int, workers: int, spec_path: str, overrides: Mapping[str, Any], storage: str,
-                 study_name: str, trials: int | None, progress: bool | None) -> None:
+@dataclass(frozen=True)
+class SweepJob:
+    """What every worker of ``sweeper run --workers N`` runs: the study's sweep (picklable, so
+    it crosses to a spawned process or a Dask worker)."""
+
+    spec_path: str
+    overrides: Mapping[str, Any]
+    storage: str
+    study_name: str
+    trials: int | None
+    progress: bool | None = None
+
+    def sweep(self, worker: int, progress: bool | None) -> Sweep:
+        from .spec import load_spec
+        from .sweep import Sweep
+
+        return Sweep(load_spec(self.spec_path), overrides=self.overrides, storage=self.storage,
+                     study_name=self.study_name, trials=self.trials, progress=progress, worker=worker)
+
+
+@dataclass(frozen=True)
+class AblationJob:
+    """What every worker of ``sweeper ablate --workers N`` runs: the missing (cell, seed) runs."""
+
+    spec_path: str
+    cells: tuple[Cell, ...]
+    seeds: int
+    storage: str
+    study_name: str
+    results: str
+    progress: bool | None = None
+
+    def sweep(self, worker: int, progress: bool | None) -> Sweep:
+        from .ablation import AblationSweep
+        from .spec import load_spec
+
+        return AblationSweep(load_spec(self.spec_path), self.cells, self.seeds, storage=self.storage,
+                             study_name=self.study_name, results=Path(self.results), progress=progress,
+                             worker=worker)
+
+
+WorkerJob = SweepJob | AblationJob
+
+
+def run_job(job: WorkerJob, index: int, workers: int, threads: int) -> int:
+    """Run worker ``index`` of ``workers`` in this process (torch given ``threads`` threads);
+    return its exit code: 0 done, 1 stopped, 2 bad input, 130 interrupted."""
     import torch
 
-    torch.set_num_threads(threads_per_worker(workers))
+    torch.set_num_threads(threads)
     from .errors import SweepFailed, UserError
-    from .spec import load_spec
-    from .sweep import Sweep
 
     try:
-        outcome = Sweep(load_spec(spec_path), overrides=overrides, storage=storage, study_name=study_name,
-                        trials=trials, progress=progress, worker=index).run()
+        outcome = job.sweep(index, False if workers > 1 else job.progress).run()
     except (UserError, SweepFailed) as e:
         print(f"sweeper: worker {index}: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except KeyboardInterrupt:  # stopped before its sweep had started: nothing to record
-        sys.exit(INTERRUPTED)
-    sys.exit(INTERRUPTED if outcome.interrupted else 1 if outcome.stopped else 0)
+        return INTERRUPTED
+    return INTERRUPTED if outcome.interrupted else 1 if outcome.stopped else 0
+
+
+def _worker_main(job: WorkerJob, index: int, workers: int) -> None:
+    sys.exit(run_job(job, index, workers, threads_per_worker(workers)))
 
 
 @contextlib.contextmanager
@@ -80,9 +141,8 @@ def _environ(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def run_workers(workers: int, spec_path: Path, overrides: Mapping[str, Any], storage: str, study_name: str,
-                trials: int | None, progress: bool | None, gpus: Sequence[int] | None = None) -> list[int]:
-    """Start ``workers`` processes on the study and wait for them; return their exit codes
+def run_workers(workers: int, job: WorkerJob, gpus: Sequence[int] | None = None) -> list[int]:
+    """Start ``workers`` processes running ``job`` and wait for them; return their exit codes
     (130 for a worker that was interrupted).
 
     Ctrl-C (SIGINT) or SIGTERM to this process, or to its whole process group, stops every
@@ -110,8 +170,7 @@ def run_workers(workers: int, spec_path: Path, overrides: Mapping[str, Any], sto
     signal.signal(signal.SIGTERM, stop)
     try:
         for i in range(workers):
-            p = ctx.Process(target=_worker_main, args=(i, workers, str(spec_path), dict(overrides), storage,
-                                                       study_name, trials, False if workers > 1 else progress))
+            p = ctx.Process(target=_worker_main, args=(job, i, workers))
             env = {} if devices[i] is None else {"CUDA_VISIBLE_DEVICES": str(devices[i])}
             with _environ(**env):
                 p.start()

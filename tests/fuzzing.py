@@ -273,6 +273,11 @@ def study_cases(draw: st.DrawFn) -> Case:
         argv += ["--top", draw(st.sampled_from(["0", "-1", "1", "x"]))]
     if command == "ablate" and draw(st.booleans()):
         argv += ["--seeds", draw(st.sampled_from(["0", "-1", "1", "x"]))]
+    if command == "ablate" and draw(st.integers(0, 3)) == 0:
+        argv += ["--workers", draw(st.sampled_from(["0", "-1", "x"]))]
+    if command in ("run", "worker", "ablate") and draw(st.integers(0, 8)) == 0:
+        # no scheduler answers at port 1; the others are not addresses
+        argv += ["--dask", draw(st.sampled_from(["", "nonsense", "http://h:1", "tcp://127.0.0.1:1"]))]
     return Case(argv=argv, files={"studies/s.yaml": data})
 
 

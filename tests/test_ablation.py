@@ -245,3 +245,72 @@ def test_the_ctc_fix_list_study_searches_and_ablates_on_a_small_budget(tmp_path:
     trials = optuna.load_study(study_name="ctc_fixlist-ablation",
                                storage=f"sqlite:///{tmp_path}/results/ctc_fixlist/study.db").get_trials()
     assert {t.user_attrs["health.reason"] for t in trials if t.state == TrialState.PRUNED} == {"ctc_infeasible"}
+
+
+def _ablation_runs(workdir: Path) -> list[tuple[str, int]]:
+    return [(t.user_attrs[CELL_ATTR], t.user_attrs[SEED_ATTR]) for t in _ablation_trials(workdir)
+            if t.state == TrialState.COMPLETE]
+
+
+def test_two_workers_run_every_cell_and_seed_once(workdir: Path) -> None:
+    spec = workdir / "studies" / "tiny.yaml"
+    spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 1") + FIX_LIST.replace("seeds: 1", "seeds: 3"))
+    proc = run_cli("ablate", "tiny", "--workers", "2", "--no-progress", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "; 2 workers" in proc.stdout
+    runs = _ablation_runs(workdir)
+    assert sorted(runs) == sorted({(c, s) for c in ("target", "baseline", "target-lr", "target-dropout")
+                                   for s in range(3)})  # 4 distinct configs x 3 seeds, each once
+    trials = _ablation_trials(workdir)
+    assert not [t for t in trials if t.state != TrialState.COMPLETE]
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both worker processes ran cells
+    table = pd.read_csv(workdir / "results/tiny/ablation.csv").set_index("cell")
+    assert (table["runs"] == 3).all()
+
+
+@pytest.mark.slow  # real processes, each run 30 epochs: CI runs it (make test-all)
+def test_ctrl_c_stops_two_ablation_workers_and_the_same_command_runs_only_the_missing_runs(workdir: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import sweeper_cmd
+
+    spec = workdir / "studies" / "tiny.yaml"
+    spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 30") + "health:\n  enabled: false\n"
+                    + FIX_LIST.replace("seeds: 1", "seeds: 2"))
+    args = ["ablate", "tiny", "--workers", "2", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(sweeper_cmd(*args), cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, process_group=0,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # both workers mid-run, after at least one run finished
+        assert proc.poll() is None, proc.communicate()
+        try:
+            trials = _ablation_trials(workdir)
+        except Exception:  # the study is still being created
+            trials = []
+        running = [t for t in trials if t.state == TrialState.RUNNING and 0 < len(t.intermediate_values) < 25]
+        if len(running) == 2 and any(t.state == TrialState.COMPLETE for t in trials):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the workers never were both mid-run")
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume with: sweeper ablate tiny --workers 2 --no-progress" in err and "Traceback" not in err
+    done_before = set(_ablation_runs(workdir))
+    assert (workdir / "results/tiny/ablation.csv").exists()  # the table of what finished, written on the way out
+
+    again = subprocess.run(sweeper_cmd(*args), cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    runs = _ablation_runs(workdir)
+    assert len(runs) == len(set(runs)) == 8  # 4 distinct configs x 2 seeds, each once
+    assert done_before < set(runs)
+    interrupted = [t for t in _ablation_trials(workdir) if t.state == TrialState.FAIL]
+    assert len(interrupted) == 2 and {t.user_attrs["error"] for t in interrupted} == {"interrupted"}
+    table = pd.read_csv(workdir / "results/tiny/ablation.csv").set_index("cell")
+    assert (table["runs"] == 2).all()
