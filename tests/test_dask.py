@@ -264,3 +264,24 @@ def test_where_the_cluster_declares_gpus_each_worker_takes_one(workdir: Path, st
     for ts in by_worker.values():  # one at a time on each Dask worker: no two of its trials overlap
         ts.sort(key=lambda t: t.datetime_start)
         assert all(a.datetime_complete <= b.datetime_start for a, b in itertools.pairwise(ts))
+
+
+@needs_postgres
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_the_workers_finish_the_budget_when_the_command_itself_is_killed(
+        workdir: Path, cluster: Any, study_name: str) -> None:
+    # Dask cannot stop a running task: killed with SIGKILL (no chance to pass a signal on), the
+    # command leaves its workers to go on, and they stop at the budget, exactly
+    _, proc = _start_slow_sweep(workdir, cluster, study_name, 5)
+    _wait_for(_both_mid_trial, study_name, proc)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 180
+    while sum(t.state in FINISHED for t in _trials(study_name)) < 5:
+        assert time.monotonic() < deadline, "the workers did not finish the budget"
+        time.sleep(0.2)
+    while any(t.state == TrialState.RUNNING for t in _trials(study_name)):  # a sixth trial would be RUNNING
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    _check_exact(optuna.load_study(study_name=study_name, storage=PG_URL), 5)
