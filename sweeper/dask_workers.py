@@ -72,11 +72,19 @@ class Cluster:
     def has_gpus(self) -> bool:
         return any(w.get("resources", {}).get(GPU, 0) > 0 for w in self.workers().values())
 
+    def slots_by_host(self) -> dict[str, int]:
+        """Per machine, how many sweeper workers it runs at once: its Dask workers' GPUs where
+        the cluster declares any, else their thread slots."""
+        workers = self.workers().values()
+        gpus = any(w.get("resources", {}).get(GPU, 0) > 0 for w in workers)
+        hosts: dict[str, int] = collections.Counter()
+        for w in workers:
+            hosts[w["host"]] += _slots(w, gpus)
+        return dict(hosts)
+
     def slots(self) -> int:
-        """How many sweeper workers the cluster runs at once: its GPUs where it declares any,
-        else its thread slots."""
-        gpus = self.has_gpus()
-        return sum(_slots(w, gpus) for w in self.workers().values())
+        """How many sweeper workers the cluster runs at once."""
+        return sum(self.slots_by_host().values())
 
     def wait_for_a_worker(self, timeout: float) -> None:
         try:
@@ -153,11 +161,8 @@ def run_on_dask(cluster: Cluster, job: WorkerJob, workers: int, *, out: Any = No
         stopping.set()
         threading.Thread(target=stop.set, daemon=True, name="dask-stop").start()  # no client call in a handler
 
-    gpus = cluster.has_gpus()
-    hosts: dict[str, int] = collections.Counter()  # per machine, how many sweeper workers it runs at once
-    for w in cluster.workers().values():
-        hosts[w["host"]] += _slots(w, gpus)
-    submit: dict[str, Any] = {"resources": {GPU: 1}} if gpus else {}
+    submit: dict[str, Any] = {"resources": {GPU: 1}} if cluster.has_gpus() else {}
+    slots = cluster.slots_by_host()  # for each worker's share of its machine's cores
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     main = is_main_thread()  # handlers can only be set there; elsewhere the signals stay the caller's
     if main:
@@ -166,7 +171,7 @@ def run_on_dask(cluster: Cluster, job: WorkerJob, workers: int, *, out: Any = No
     try:
         with joblib.parallel_config(backend="dask", client=client, **submit):
             results = joblib.Parallel(n_jobs=workers, batch_size=1, pre_dispatch="all")(
-                joblib.delayed(remote_worker)(job, i, workers, token, dict(hosts), os.getcwd())
+                joblib.delayed(remote_worker)(job, i, workers, token, slots, os.getcwd())
                 for i in range(workers))
     except Exception as e:  # a task that failed for good (KilledWorker after Dask's retries, say)
         if type(e).__name__ == "KilledWorker":

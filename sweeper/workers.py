@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from .errors import SweepFailed, UserError
 
 if TYPE_CHECKING:
     from .ablation import Cell
@@ -110,8 +110,6 @@ def run_job(job: WorkerJob, index: int, workers: int, threads: int) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    from .errors import SweepFailed, UserError
-
     try:
         outcome = job.sweep(index, False if workers > 1 else job.progress).run()
     except (UserError, SweepFailed) as e:
