@@ -17,10 +17,13 @@ against the epochs consumed so far (pruned trials count the epochs they ran). Th
 curves are drawn (median and quartiles over seeds) to ``search_efficiency.png``; the
 table gives final best (median [quartiles]), epochs used, and the epochs each arm
 needed to reach plain Optuna's median final best (median over seeds; a seed that never
-reaches it counts as never).
+reaches it counts as never). ``runs.json`` keeps every trial's parameters and per-epoch
+values, so a pruning rule can be replayed on the recorded curves without training again.
 
     python bench/search_efficiency.py                      # the three studies, 5 seeds, 2 jobs
     python bench/search_efficiency.py --studies classify_many --seeds 3 --arms sweeper,optuna
+    python bench/search_efficiency.py --studies classify_many --arms sweeper --sweeper sampler.n_startup_trials=5 \
+        --against bench/results/search_efficiency/runs.json --out /tmp/variant
     python bench/search_efficiency.py --replot bench/results/search_efficiency/runs.json
 """
 
@@ -65,6 +68,7 @@ class Job:
     trials: int
     epochs: int
     pruner: tuple[tuple[str, Any], ...] = ()
+    sweeper: tuple[tuple[str, Any], ...] = ()  # sampler.KEY / pruner.KEY for the sweeper arm alone
 
 
 def load(job: Job) -> Any:
@@ -73,8 +77,17 @@ def load(job: Job) -> Any:
     spec = load_spec(job.study, REPO / "studies")
     budget = Budget(trials=job.trials, epochs=job.epochs, timeout=None, retries=spec.budget.retries)
     pruner = dataclasses.replace(spec.pruner, options={**spec.pruner.options, **dict(job.pruner)})
-    return dataclasses.replace(spec, budget=budget, pruner=pruner,
-                               sampler=dataclasses.replace(spec.sampler, seed=job.seed))
+    sampler = dataclasses.replace(spec.sampler, seed=job.seed)
+    if job.arm == "sweeper":
+        for key, value in job.sweeper:
+            section, _, option = key.partition(".")
+            if section == "pruner" and option == "type":
+                pruner = dataclasses.replace(pruner, type=value)
+            elif section == "pruner":
+                pruner = dataclasses.replace(pruner, options={**pruner.options, option: value})
+            else:
+                sampler = dataclasses.replace(sampler, options={**sampler.options, option: value})
+    return dataclasses.replace(spec, budget=budget, pruner=pruner, sampler=sampler)
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -106,7 +119,10 @@ def run_job(job: Job) -> dict[str, Any]:
 def _row(t: Any) -> dict[str, Any]:
     return {"number": t.number, "state": t.state.name, "value": t.value,
             "epochs": int(t.user_attrs.get("epochs_run") or len(t.intermediate_values)),
-            "reason": t.user_attrs.get("health.reason"), "error": t.user_attrs.get("error")}
+            "reason": t.user_attrs.get("health.reason"), "error": t.user_attrs.get("error"),
+            # each evaluated epoch's metric, so pruning rules can be replayed on the curves
+            "values": [round(v, 6) for _, v in sorted(t.intermediate_values.items())],
+            "params": t.params}
 
 
 def _sweeper(spec: Any) -> tuple[Any, str | None]:
@@ -374,8 +390,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, help="trial budget for every study (default: per study)")
     parser.add_argument("--epochs", type=int, help="epochs per trial for every study (default: per study)")
     parser.add_argument("--pruner", default="", help="KEY=VALUE,... over every study's pruner options")
+    parser.add_argument("--sweeper", default="",
+                        help="sampler.KEY=VALUE,pruner.KEY=VALUE,... for the sweeper arm alone (a variant of its "
+                             "defaults against unchanged baselines); pruner.type=percentile switches the pruner")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "search_efficiency")
     parser.add_argument("--replot", type=Path, help="a runs.json to summarize and draw again")
+    parser.add_argument("--against", type=Path,
+                        help="a runs.json of an earlier run on this machine: its runs of the studies and arms not run "
+                             "now join the summary (a sweeper variant judged against the same plain Optuna runs)")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -388,14 +410,23 @@ def main() -> None:
             if a not in ARMS:
                 parser.error(f"--arms: unknown arm {a!r}; allowed: {', '.join(ARMS)}")
         pruner = tuple((k, yaml.safe_load(v)) for k, v in (kv.split("=", 1) for kv in args.pruner.split(",") if kv))
+        sweeper = tuple((k, yaml.safe_load(v)) for k, v in (kv.split("=", 1) for kv in args.sweeper.split(",") if kv))
+        for key, _ in sweeper:
+            if key.partition(".")[0] not in ("sampler", "pruner") or not key.partition(".")[2]:
+                parser.error(f"--sweeper: {key!r} is not sampler.KEY or pruner.KEY")
         jobs = [Job(s, a, seed, args.trials or BUDGETS.get(s, (20, 6))[0], args.epochs or BUDGETS.get(s, (20, 6))[1],
-                    pruner)
+                    pruner, sweeper)
                 for s in studies for a in arms for seed in range(args.first_seed, args.first_seed + args.seeds)]
         args.out.mkdir(parents=True, exist_ok=True)
         partial = args.out / "runs.partial.jsonl"
         partial.unlink(missing_ok=True)
         runs = run_all(jobs, args.jobs, lambda line: print(line, flush=True), partial)
         partial.unlink()
+        if args.against:
+            ran = {(r["study"], r["arm"]) for r in runs}
+            runs += [r for r in json.loads(args.against.read_text())
+                     if r["study"] in studies and (r["study"], r["arm"]) not in ran]
+            runs.sort(key=lambda r: (r["study"], ARMS.index(r["arm"]), r["seed"]))
         (args.out / "runs.json").write_text(json.dumps(runs, indent=1))
     summary = summarize(runs)
     text = table(summary)
