@@ -380,6 +380,15 @@ def run_all(jobs: list[Job], n_jobs: int, log: Callable[[str], None], partial: P
     return sorted(runs, key=lambda r: (r["study"], ARMS.index(r["arm"]), r["seed"]))
 
 
+def _pairs(parser: argparse.ArgumentParser, flag: str, text: str) -> tuple[tuple[str, Any], ...]:
+    """``KEY=VALUE,...`` with YAML values; anything else is a usage error."""
+    items = [kv for kv in text.split(",") if kv]
+    for kv in items:
+        if "=" not in kv:
+            parser.error(f"{flag}: {kv!r} is not KEY=VALUE")
+    return tuple((k, yaml.safe_load(v)) for k, v in (kv.split("=", 1) for kv in items))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", default=",".join(BUDGETS))
@@ -409,8 +418,7 @@ def main() -> None:
         for a in arms:
             if a not in ARMS:
                 parser.error(f"--arms: unknown arm {a!r}; allowed: {', '.join(ARMS)}")
-        pruner = tuple((k, yaml.safe_load(v)) for k, v in (kv.split("=", 1) for kv in args.pruner.split(",") if kv))
-        sweeper = tuple((k, yaml.safe_load(v)) for k, v in (kv.split("=", 1) for kv in args.sweeper.split(",") if kv))
+        pruner, sweeper = _pairs(parser, "--pruner", args.pruner), _pairs(parser, "--sweeper", args.sweeper)
         for key, _ in sweeper:
             if key.partition(".")[0] not in ("sampler", "pruner") or not key.partition(".")[2]:
                 parser.error(f"--sweeper: {key!r} is not sampler.KEY or pruner.KEY")

@@ -10,17 +10,19 @@ from types import ModuleType
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "search_efficiency.py"
 
 
-def _bench() -> ModuleType:
+def _load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("search_efficiency", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("search_efficiency", module)
+    sys.modules["search_efficiency"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
+se = _load()
+
+
 def test_a_sweeper_variant_changes_the_sweeper_arm_and_no_baseline() -> None:
-    se = _bench()
     variant = (("sampler.n_startup_trials", 5), ("pruner.type", "percentile"), ("pruner.percentile", 33))
     mine = se.load(se.Job("classify_many", "sweeper", 3, 4, 2, (), variant))
     assert mine.sampler.options["n_startup_trials"] == 5 and mine.sampler.seed == 3
@@ -32,7 +34,6 @@ def test_a_sweeper_variant_changes_the_sweeper_arm_and_no_baseline() -> None:
 
 
 def test_epochs_to_reach_counts_pruned_epochs_and_never() -> None:
-    se = _bench()
     run = {"direction": "maximize", "trials": [
         {"state": "COMPLETE", "value": 0.5, "epochs": 4},
         {"state": "PRUNED", "value": 0.9, "epochs": 2},  # a pruned trial's value is no result
